@@ -1,0 +1,31 @@
+# make demo : set up .venv, then run the main job on the built-in synthetic hospitals
+# make test : set up .venv, then run every test
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+# The CUDA build of torch that also runs on the CPU (installed from local files on our machines).
+TORCH   ?= torch==2.14.1 torchvision==0.29.1
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export MLFLOW_TRACKING_URI ?= sqlite:///$(abspath mlflow.db)
+
+.PHONY: setup demo test bench ui clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	mlflow run . --env-manager local -e preprocess
+
+test: setup
+	$(PY) -m pytest -q
+
+ui: setup
+	mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf .cache mlruns mlartifacts

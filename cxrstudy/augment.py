@@ -1,0 +1,44 @@
+"""The paper's train-time augmentation, applied to a whole batch in one ``grid_sample`` call.
+
+Per image: random horizontal flip (p=0.5), random rotation in [-10, 10] degrees, and a random
+resized crop with area scale in [0.75, 1.0] and aspect ratio in [3/4, 4/3] (log-uniform), as in
+torchvision's RandomResizedCrop; a crop wider or taller than the image is clipped to it rather
+than retried. All three are composed into one affine map per image, so the batch is resampled
+once, on whatever device it lives on (the GPU on CUDA).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def random_affine(n: int, generator: torch.Generator, *, max_rotation: float = 10.0,
+                  scale: tuple[float, float] = (0.75, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                  flip_p: float = 0.5) -> torch.Tensor:
+    """``(n, 2, 3)`` affine matrices (normalised coordinates) drawn on the CPU from ``generator``."""
+    u = torch.rand(n, 6, generator=generator, dtype=torch.float64)
+    flip = torch.where(u[:, 0] < flip_p, -1.0, 1.0)
+    angle = (u[:, 1] * 2 - 1) * math.radians(max_rotation)
+    area = scale[0] + u[:, 2] * (scale[1] - scale[0])
+    log_r = math.log(ratio[0]) + u[:, 3] * (math.log(ratio[1]) - math.log(ratio[0]))
+    r = torch.exp(log_r)
+    w = torch.sqrt(area * r).clamp(max=1.0)
+    h = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (u[:, 4] * 2 - 1) * (1 - w)
+    cy = (u[:, 5] * 2 - 1) * (1 - h)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([
+        torch.stack([w * cos * flip, -h * sin, cx], dim=1),
+        torch.stack([w * sin * flip, h * cos, cy], dim=1),
+    ], dim=1)
+    return theta.float()
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, **kw) -> torch.Tensor:
+    """Augment a float batch ``(N, C, S, S)``; the output has the same shape and device."""
+    theta = random_affine(x.shape[0], generator, **kw).to(x.device, non_blocking=True)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -1,0 +1,67 @@
+"""Parse and validate entry-point parameters (MLflow passes every ``-P`` value as a string).
+
+Every parser raises :class:`~cxrstudy.errors.UsageError` with one line naming the parameter,
+the value and what was expected; entry points turn that into exit code 2 before any work.
+"""
+
+from __future__ import annotations
+
+from .errors import UsageError
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f", ""}
+
+
+def as_int(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    try:
+        v = int(str(value).strip())
+    except ValueError:
+        raise UsageError(f"parameter {name}={value!r} is not an integer") from None
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        rng = f"{lo if lo is not None else '-inf'}..{hi if hi is not None else 'inf'}"
+        raise UsageError(f"parameter {name}={v} is out of range; expected {rng}")
+    return v
+
+
+def as_float(name: str, value, lo: float | None = None, hi: float | None = None) -> float:
+    try:
+        v = float(str(value).strip())
+    except ValueError:
+        raise UsageError(f"parameter {name}={value!r} is not a number") from None
+    if v != v or (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise UsageError(f"parameter {name}={value!r} is out of range; expected {lo}..{hi}")
+    return v
+
+
+def as_bool(name: str, value) -> bool:
+    v = str(value).strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise UsageError(f"parameter {name}={value!r} is not a boolean; expected true or false")
+
+
+def as_choice(name: str, value, choices) -> str:
+    v = str(value).strip().lower()
+    if v not in choices:
+        raise UsageError(f"parameter {name}={value!r} is not allowed; expected one of: {', '.join(choices)}")
+    return v
+
+
+def as_int_list(name: str, value, lo: int | None = None) -> list[int]:
+    parts = [p for p in str(value).split(",") if p.strip()]
+    if not parts:
+        raise UsageError(f"parameter {name} is empty; expected a comma list of integers")
+    out = []
+    for p in parts:
+        v = as_int(name, p, lo=lo)
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def optional(value) -> str | None:
+    """``""``, ``none`` or ``null`` mean 'not given'."""
+    v = str(value).strip() if value is not None else ""
+    return None if v.lower() in ("", "none", "null") else v

@@ -1,0 +1,90 @@
+"""Study orchestration: tracked comparisons and the training grid behind them."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from . import tracking
+from .comparison import Setting, compare, compare_key, pair_config, single_config
+from .config import TrainConfig
+from .labels import label_key
+from .train_run import run_training
+
+COMPARE_TAG = "cxrstudy.compare_key"
+
+
+def find_finished_compare(key: str):
+    runs = MlflowClient().search_runs([tracking.current_experiment_id()],
+                                      f"tags.`{COMPARE_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def run_compare(setting: Setting, template: TrainConfig, seeds: list[int], *, n_bootstrap: int = 1000,
+                device: str = "auto", force: bool = False, parent_run_id: str | None = None,
+                progress: bool = True) -> dict:
+    """The tracked comparison of one setting (reused when an identical one has FINISHED)."""
+    single_h = [single_config(template, setting.base, setting.label, s).content_hash() for s in seeds]
+    pair_h = [pair_config(template, setting, s).content_hash() for s in seeds]
+    key = compare_key(setting, seeds, single_h, pair_h, n_bootstrap)
+    if not force:
+        done = find_finished_compare(key)
+        if done is not None:
+            return {"run_id": done.info.run_id, "reused": True,
+                    **{k.split("/", 1)[1]: v for k, v in done.data.metrics.items() if k.startswith("compare/")}}
+    tags = {"cxrstudy.entry": "compare", COMPARE_TAG: key, "base": setting.base, "added": setting.added,
+            "label": setting.label, "balance": setting.balance, "source": template.data.source,
+            "seeds": ",".join(map(str, seeds))}
+    name = f"compare-{setting.base}+{setting.added}-{label_key(setting.label)}-{setting.balance}"
+    with tracking.run(run_name=name, tags=tags, nested=parent_run_id is not None or mlflow.active_run() is not None,
+                      parent_run_id=parent_run_id) as active:
+        tracking.mark_synthetic(template.data.is_synthetic)
+        me = active.info.run_id
+
+        def train(cfg):
+            return run_training(cfg, device=device, progress=progress, parent_run_id=me)
+
+        res = compare(setting, template, seeds, train, n_bootstrap=n_bootstrap, device=device)
+        tracking.log_params({"seeds": ",".join(map(str, seeds)), "n_bootstrap": n_bootstrap,
+                             "single_config_hashes": ",".join(single_h), "pair_config_hashes": ",".join(pair_h)},
+                            prefix="cfg.")
+        mlflow.log_metrics({f"compare/{k}": float(res[k]) for k in
+                            ("wga_single", "wga_pair", "delta_wga", "delta_ci_low", "delta_ci_high", "hurt", "n_seeds")})
+        for r in res["per_seed"]:
+            mlflow.log_metrics({f"compare/seed{r['seed']}/delta_wga": r["delta"],
+                                f"compare/seed{r['seed']}/wga_single": r["wga_single"],
+                                f"compare/seed{r['seed']}/wga_pair": r["wga_pair"]})
+        mlflow.set_tags({"single_runs": ",".join(res["runs"]["single"]), "pair_runs": ",".join(res["runs"]["pair"])})
+        tracking.log_json(res["per_seed"], "per_seed.json")
+        print(f"{setting.name}: WGA single {res['wga_single']:.3f} -> pair {res['wga_pair']:.3f}, "
+              f"delta {res['delta_wga']:+.3f} [{res['delta_ci_low']:+.3f}, {res['delta_ci_high']:+.3f}]"
+              f"{'  HURT' if res['hurt'] else ''}", file=sys.stderr)
+        return {"run_id": me, "reused": False, **{k: v for k, v in res.items() if k not in ("per_seed", "runs")}}
+
+
+def grid_settings(envs: list[str], labels: list[str], balances: list[str]) -> list[Setting]:
+    """Every ordered (base, added) pair of distinct hospitals x label x balance."""
+    return [Setting(a, b, lab, bal) for lab in labels for bal in balances
+            for a, b in itertools.permutations(envs, 2)]
+
+
+def grid_cells(template: TrainConfig, settings: list[Setting], seeds: list[int]) -> list[TrainConfig]:
+    """The distinct training runs the settings need (a pair model serves both orders)."""
+    seen, cells = set(), []
+    for st in settings:
+        for seed in seeds:
+            for cfg in (single_config(template, st.base, st.label, seed), pair_config(template, st, seed)):
+                h = cfg.content_hash()
+                if h not in seen:
+                    seen.add(h)
+                    cells.append(cfg)
+    return cells
+
+
+def with_data(template: TrainConfig, **changes) -> TrainConfig:
+    return dataclasses.replace(template, data=dataclasses.replace(template.data, **changes))

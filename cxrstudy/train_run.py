@@ -1,0 +1,146 @@
+"""One tracked training run: reuse a finished one, resume an interrupted one, or train anew.
+
+A run is identified by the content hash of its resolved configuration (tag
+``cxrstudy.config_hash``). ``run_training`` first looks for a FINISHED run with that hash and,
+unless forced, returns it without training. Otherwise it trains, resuming from the local
+checkpoint of an earlier interrupted attempt (``<cache_dir>/checkpoints/<hash>/last.pt``),
+logs parameters, data counts, dataset inputs, per-validation metrics and system metrics, and
+finally logs the best model and registers it (alias ``latest``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.tracking import MlflowClient
+
+from . import tracking
+from .config import TrainConfig
+from .dataspec import log_entry_input
+from .models import build_model
+from .registry import log_and_register
+from .trainer import pick_device, prepare_data, train_model
+
+HASH_TAG = "cxrstudy.config_hash"
+
+
+def checkpoint_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.data.cache_dir) / "checkpoints" / cfg.content_hash()
+
+
+def find_finished(config_hash: str, experiment_ids=None):
+    """The newest FINISHED training run with this configuration hash, or None."""
+    runs = search_training_runs(f"tags.`{HASH_TAG}` = '{config_hash}' and attributes.status = 'FINISHED'",
+                                experiment_ids)
+    return runs[0] if runs else None
+
+
+def search_training_runs(filter_string: str, experiment_ids=None):
+    experiment_ids = experiment_ids or [tracking.current_experiment_id()]
+    return MlflowClient().search_runs(experiment_ids, filter_string, order_by=["attributes.start_time DESC"],
+                                      max_results=50)
+
+
+def _tags(cfg: TrainConfig) -> dict:
+    return {
+        "cxrstudy.entry": "train",
+        "envs": ",".join(cfg.envs),
+        "label": cfg.label,
+        "balance": cfg.balance,
+        "seed": str(cfg.seed),
+        "source": cfg.data.source,
+        "n_envs": str(len(cfg.envs)),
+    }
+
+
+def run_training(cfg: TrainConfig, *, force: bool = False, device: str = "auto", progress: bool = True,
+                 parent_run_id: str | None = None) -> dict:
+    """Train (or reuse) the model for ``cfg``; returns run id, registered name/version, model URI."""
+    h = cfg.content_hash()
+    run_name = f"train-{'+'.join(cfg.envs)}-{cfg.label.replace(' ', '_')}-{cfg.balance}-s{cfg.seed}"
+    if not force:
+        done = find_finished(h)
+        if done is not None:
+            tags = done.data.tags
+            result = {"run_id": done.info.run_id, "registered_model": tags.get("registered_model"),
+                      "registered_version": int(tags.get("registered_version", 0)),
+                      "model_uri": f"models:/{tags.get('registered_model')}/{tags.get('registered_version')}",
+                      "reused": True}
+            if mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID"):
+                # `mlflow run` already opened a run for us: record what it reused, then finish it.
+                with tracking.run(run_name=run_name, tags={"cxrstudy.entry": "train",
+                                                            "cxrstudy.reused_run": done.info.run_id,
+                                                            "cxrstudy.reused_config_hash": h}):
+                    tracking.mark_synthetic(cfg.data.is_synthetic)
+            print(f"already trained: run {done.info.run_id} ({result['model_uri']}); pass force=true to retrain",
+                  file=sys.stderr)
+            return result
+    ck_dir = checkpoint_dir(cfg)
+    if force and ck_dir.exists():
+        shutil.rmtree(ck_dir)
+    dev = pick_device(device)
+    with tracking.run(run_name=run_name, tags={**_tags(cfg), HASH_TAG: h}, nested=parent_run_id is not None,
+                      parent_run_id=parent_run_id, log_system_metrics=True) as active:
+        tracking.mark_synthetic(cfg.data.is_synthetic)
+        tracking.log_params({**{k: v for k, v in cfg.to_dict().items() if k != "data"},
+                             "source": cfg.data.source, "image_size": cfg.image_size,
+                             "data_spec": cfg.data.to_dict(), "config_hash": h, "device": str(dev)}, prefix="cfg.")
+        data = prepare_data(cfg, progress=progress)
+        tracking.log_params({k.replace("/", "."): (round(v, 6) if isinstance(v, float) else v)
+                             for k, v in data.counts.items()}, prefix="data.")
+        for e in cfg.envs:
+            log_entry_input(cfg.data.entry(e, "train", progress=False), context="train")
+            log_entry_input(cfg.data.entry(e, "val", progress=False), context="validation")
+        if (ck_dir / "last.pt").is_file():
+            mlflow.set_tag("cxrstudy.resumed", "true")
+
+        def on_eval(step, m):
+            mlflow.log_metrics({f"val/{k}": v for k, v in m.items() if k != "train_loss"} |
+                               {"train/loss": m["train_loss"]}, step=step)
+
+        resumed_history = _history(ck_dir)
+        for rec in resumed_history:  # a resumed run carries the whole validation history
+            on_eval(rec["step"], {k: v for k, v in rec.items() if k != "step"})
+        out = train_model(cfg, data, device=dev, checkpoint_dir=ck_dir, on_eval=on_eval, progress=progress)
+        mlflow.log_metrics({"best_step": out.best_step, "val/best_macro_f1": out.best_score,
+                            "threshold": out.threshold, "last_step": out.last_step,
+                            "stopped_early": float(out.stopped_early), "train/images_per_s": out.images_per_s})
+        mlflow.set_tag("threshold", f"{out.threshold:.2f}")
+        model = build_model(cfg.backbone, "none")
+        model.load_state_dict(out.best_state)
+        name = cfg.model_name()
+        model_uri, version = log_and_register(
+            model, name, cfg.image_size,
+            metadata={"threshold": out.threshold, "label": cfg.label, "envs": list(cfg.envs),
+                      "config_hash": h, "image_size": cfg.image_size})
+        mlflow.set_tags({"registered_model": name, "registered_version": str(version)})
+        tracking.log_json({"config": cfg.to_dict(), "config_hash": h, "threshold": out.threshold,
+                           "best_step": out.best_step, "history": out.history, "counts": data.counts},
+                          "train_summary.json")
+        run_id = active.info.run_id
+    shutil.rmtree(ck_dir, ignore_errors=True)  # the run is FINISHED: its model is in the registry
+    print(f"trained {name} v{version} (run {run_id}); threshold {out.threshold:.2f}, "
+          f"best val macro-F1 {out.best_score:.3f} at step {out.best_step}", file=sys.stderr)
+    return {"run_id": run_id, "registered_model": name, "registered_version": version,
+            "model_uri": f"models:/{name}/{version}", "reused": False}
+
+
+def _history(ck_dir: Path) -> list:
+    last = ck_dir / "last.pt"
+    if not last.is_file():
+        return []
+    return torch.load(last, map_location="cpu", weights_only=True)["state"]["history"]
+
+
+def model_threshold(run_id: str) -> float:
+    """The decision threshold chosen on validation by a training run."""
+    run = MlflowClient().get_run(run_id)
+    if "threshold" in run.data.metrics:
+        return float(run.data.metrics["threshold"])
+    return float(json.loads(run.data.tags.get("threshold", "0.5")))

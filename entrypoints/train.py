@@ -1,0 +1,37 @@
+"""train: one binary model for one label on one set of hospitals (PROTOCOL.md "Training").
+
+    mlflow run . --env-manager local -e train -P envs=cxp,nih -P label=pneumonia
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cxrstudy import cli  # noqa: E402
+from cxrstudy.config import TRAIN_PARAMS as PARAMS  # noqa: E402
+
+
+def main(argv=None) -> None:
+    raw = cli.parse(PARAMS, argv, prog="train", doc=__doc__)
+
+    def body():
+        from cxrstudy import tracking
+        from cxrstudy.config import config_from_params, force_from_params
+        from cxrstudy.train_run import run_training
+        from cxrstudy.trainer import pick_device
+
+        cfg = config_from_params(raw)
+        force = force_from_params(raw)
+        pick_device(raw["device"])  # a clear error before any work
+        tracking.setup()
+        result = run_training(cfg, force=force, device=raw["device"])
+        print(f"model: {result['model_uri']}  (alias: models:/{result['registered_model']}@latest)")
+
+    cli.run(body)
+
+
+if __name__ == "__main__":
+    main()
