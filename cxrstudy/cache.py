@@ -111,8 +111,10 @@ def _decode_chunk(chunk_id: int, start: int, paths: list[str]) -> tuple[int, lis
 
 # ---- builder -----------------------------------------------------------------------------
 def _pool_context():
+    # fork starts workers in milliseconds and shares the source's table without pickling it;
+    # the workers only decode images and write to the memmap.
     methods = mp.get_all_start_methods()
-    return mp.get_context("forkserver" if "forkserver" in methods else "spawn")
+    return mp.get_context("fork" if "fork" in methods else "spawn")
 
 
 def build_entry(
@@ -181,6 +183,8 @@ def _build(source, rows, split, size, key, final: Path, *, workers, progress) ->
         bar = tqdm(total=n, initial=n - sum(min(CHUNK, n - c * CHUNK) for c in todo), desc=desc,
                    unit="img", disable=not progress, dynamic_ncols=True)
         workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+        if len(todo) <= 2:  # starting processes costs more than it saves
+            workers = 1
         if workers == 1:
             _init_worker(source, str(images_path), shape)
             try:

@@ -33,6 +33,7 @@ TRAIN_PARAMS = {
     "patience": "",
     "device": "auto",
     "force": "false",
+    "parent_run_id": "",
     **DATA_PARAMS,
 }
 
@@ -130,3 +131,19 @@ def config_from_params(raw: dict) -> TrainConfig:
 
 def force_from_params(raw: dict) -> bool:
     return as_bool("force", raw.get("force", "false"))
+
+
+def config_to_params(cfg: TrainConfig) -> dict[str, str]:
+    """train entry-point parameters that reproduce ``cfg`` exactly (for subprocesses and jobs)."""
+    d = cfg.data
+    out = {
+        "envs": ",".join(cfg.envs), "label": cfg.label, "seed": str(cfg.seed), "balance": cfg.balance,
+        "preset": cfg.preset, "backbone": cfg.backbone, "pretrained": cfg.pretrained,
+        "image_size": str(d.image_size), "lr": repr(cfg.lr), "weight_decay": repr(cfg.weight_decay),
+        "batch_size": str(cfg.batch_size), "max_steps": str(cfg.max_steps), "eval_every": str(cfg.eval_every),
+        "patience": str(cfg.patience), "source": d.source, "data_root": d.data_root or "",
+        "roots": ",".join(f"{e}={p}" for e, p in d.roots), "cache_dir": d.cache_dir,
+        "synthetic_patients": str(d.synthetic.n_patients), "shortcut_strength": repr(d.synthetic.shortcut_strength),
+        "synthetic_seed": str(d.synthetic.seed),
+    }
+    return out

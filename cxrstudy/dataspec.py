@@ -156,9 +156,13 @@ def spec_from_params(raw: dict, image_size: int) -> DataSpec:
 
 def log_entry_input(entry: CacheEntry, context: str) -> None:
     """Record a cache entry as an MLflow dataset input (schema, counts and digest; no pixels, no paths)."""
+    import warnings
+
     import mlflow
 
     meta = entry.index.drop(columns=["path"])
-    ds = mlflow.data.from_pandas(meta, source=str(entry.path), name=f"{entry.manifest['env']}-{entry.manifest['split']}"
-                                 f"-{entry.size}px", digest=entry.key)
-    mlflow.log_input(ds, context=context)
+    with warnings.catch_warnings():  # MLflow's hints about source kinds and integer columns: not actionable here
+        warnings.simplefilter("ignore", UserWarning)
+        ds = mlflow.data.from_pandas(meta, source=str(entry.path), digest=entry.key,
+                                     name=f"{entry.manifest['env']}-{entry.manifest['split']}-{entry.size}px")
+        mlflow.log_input(ds, context=context)

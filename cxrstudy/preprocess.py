@@ -55,3 +55,43 @@ def preprocess(spec: DataSpec, envs: list[str], *, workers: int | None = None, p
     if not result.tables:
         raise DataError(f"no hospital could be read from source={spec.source} (asked for {', '.join(envs)})")
     return result
+
+
+def tracked_preprocess(spec: DataSpec, envs: list[str], *, workers: int | None = None, nested: bool = False,
+                       progress: bool = True) -> PreprocessResult:
+    """Preprocess inside an MLflow run: parameters, counts, cache inputs, statistics, skipped list."""
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    from . import tracking
+    from .dataspec import log_entry_input
+    from .stats import format_stats
+
+    with tracking.run(run_name=f"preprocess-{spec.source}-{'-'.join(envs)}", nested=nested,
+                      tags={"cxrstudy.entry": "preprocess", "source": spec.source}):
+        tracking.mark_synthetic(spec.is_synthetic)
+        tracking.log_params({"envs": ",".join(envs), "image_size": spec.image_size, "data_spec": spec.to_dict()},
+                            prefix="cfg.")
+        result = preprocess(spec, envs, workers=workers, progress=progress)
+        for note in result.notes:
+            print(note, file=sys.stderr)
+        stats, skipped = result.stats, result.skipped
+        for (env, split), entry in result.entries.items():
+            log_entry_input(entry, context=split)
+            mlflow.log_metrics({f"count/{env}/{split}/images": entry.manifest["n_images"],
+                                f"count/{env}/{split}/skipped": entry.manifest["n_skipped"]})
+        for env, table in result.tables.items():
+            mlflow.log_metrics({f"count/{env}/rows": len(table), f"count/{env}/subjects": table["subject_id"].nunique(),
+                                f"count/{env}/dropped_missing": result.dropped_missing.get(env, 0)})
+        with tempfile.TemporaryDirectory() as tmp:
+            stats.to_csv(Path(tmp) / "dataset_stats.csv", index=False)
+            skipped.to_csv(Path(tmp) / "skipped_images.csv", index=False)
+            (Path(tmp) / "notes.txt").write_text("\n".join(result.notes) + "\n")
+            mlflow.log_artifacts(tmp)
+        print(f"\nDataset statistics (source={spec.source}, prevalence in %):\n{format_stats(stats)}")
+        if result.entries:
+            print(f"{len(skipped)} images skipped (corrupt, truncated or unreadable); list in skipped_images.csv")
+    return result

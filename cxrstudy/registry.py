@@ -3,7 +3,9 @@
 A trained model is logged with ``mlflow.pytorch.log_model`` in eval mode, with a signature, an
 input example and explicit pip requirements, saved in the ``pickle`` format so that loading
 returns a :class:`~cxrstudy.models.BinaryClassifier` (with ``embed`` for the probe), then
-registered under its configuration's name with the alias ``latest`` moved to the new version.
+registered under its configuration's name. ``models:/<name>@latest`` always resolves to the
+newest version: MLflow reserves the alias ``latest`` for exactly that (it refuses to set it by
+hand), so registering a new version is what moves it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def _installed(pkg: str) -> bool:
 
 
 def log_and_register(model: torch.nn.Module, name: str, image_size: int, *, metadata: dict | None = None):
-    """Log ``model`` to the active run, register it as ``name``, move alias ``latest`` to it.
+    """Log ``model`` to the active run and register it as a new version of ``name``.
 
     Returns (model_uri, version)."""
     model = model.cpu().eval()
@@ -55,7 +57,6 @@ def log_and_register(model: torch.nn.Module, name: str, image_size: int, *, meta
         pip_requirements=pip_requirements(), serialization_format="pickle", metadata=metadata or {},
     )
     mv = mlflow.register_model(info.model_uri, name)
-    MlflowClient().set_registered_model_alias(name, ALIAS, mv.version)
     return info.model_uri, int(mv.version)
 
 

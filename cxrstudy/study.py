@@ -14,6 +14,7 @@ from .comparison import Setting, compare, compare_key, pair_config, single_confi
 from .config import TrainConfig
 from .labels import label_key
 from .train_run import run_training
+from tqdm.auto import tqdm
 
 COMPARE_TAG = "cxrstudy.compare_key"
 
@@ -88,3 +89,57 @@ def grid_cells(template: TrainConfig, settings: list[Setting], seeds: list[int])
 
 def with_data(template: TrainConfig, **changes) -> TrainConfig:
     return dataclasses.replace(template, data=dataclasses.replace(template.data, **changes))
+
+
+def run_main(template: TrainConfig, envs: list[str], labels: list[str], seeds: list[int], balances: list[str], *,
+             workers: int = 1, n_bootstrap: int = 1000, device: str = "auto", progress: bool = True) -> dict:
+    """The whole study as nested runs under one parent: preprocess, training grid, comparisons, analysis."""
+    from pathlib import Path
+
+    from .grid import run_cells
+    from .preprocess import tracked_preprocess
+    from .server import local_server
+
+    settings = grid_settings(envs, labels, balances)
+    cells = grid_cells(template, settings, seeds)
+    with tracking.run(run_name="main", tags={"cxrstudy.entry": "main", "source": template.data.source}) as parent:
+        pid = parent.info.run_id
+        tracking.mark_synthetic(template.data.is_synthetic)
+        tracking.log_params({"envs": ",".join(envs), "labels": ",".join(labels), "seeds": ",".join(map(str, seeds)),
+                             "balances": ",".join(balances), "workers": workers, "n_settings": len(settings),
+                             "n_training_cells": len(cells)}, prefix="cfg.")
+        print(f"study: {len(envs)} hospitals, {len(labels)} labels, {len(seeds)} seed(s), balance {balances}: "
+              f"{len(settings)} settings, {len(cells)} models", file=sys.stderr)
+        tracked_preprocess(template.data, envs, nested=True, progress=progress)
+        uri = mlflow.get_tracking_uri()
+        exp_id = parent.info.experiment_id
+        if workers > 1 and uri.startswith("sqlite:"):
+            db = Path(uri.split("sqlite:///", 1)[1])
+            with local_server(uri, db.parent / "mlartifacts") as url:
+                mlflow.set_tracking_uri(url)
+                try:
+                    run_cells(cells, workers=workers, parent_run_id=pid, device=device, tracking_uri=url,
+                              experiment_id=exp_id, progress=progress)
+                finally:
+                    mlflow.set_tracking_uri(uri)
+        else:
+            run_cells(cells, workers=workers, parent_run_id=pid, device=device, tracking_uri=uri,
+                      experiment_id=exp_id, progress=progress)
+        results = []
+        for st in tqdm(settings, desc="comparisons", unit="setting", disable=not progress):
+            results.append(run_compare(st, template, seeds, n_bootstrap=n_bootstrap, device=device,
+                                       parent_run_id=pid, progress=False))
+        from analysis import run_analysis
+
+        with tracking.run(run_name="analyze", nested=True, tags={"cxrstudy.entry": "analyze"}):
+            summary = run_analysis(experiment_ids=[exp_id], source=template.data.source)
+        mlflow.log_metrics({k: v for k, v in _flat_headline(summary).items()})
+    return {"run_id": pid, "settings": results, "analysis": summary}
+
+
+def _flat_headline(summary: dict) -> dict:
+    out = {}
+    for k, v in (summary or {}).get("metrics", {}).items():
+        if isinstance(v, (int, float)):
+            out[k] = float(v)
+    return out

@@ -14,7 +14,6 @@ import mlflow
 
 from .errors import DataError
 
-DEFAULT_EXPERIMENT = "cxrstudy"
 SYNTHETIC_BANNER = (
     "*** SYNTHETIC DATA: these hospitals are procedurally rendered by cxrstudy; "
     "results say nothing about real patients. ***"
@@ -52,13 +51,16 @@ def check_tracking_server(uri: str | None = None, timeout: float = 5.0) -> None:
 def setup(experiment: str | None = None) -> str:
     """Point MLflow at the tracking store, check it answers, and choose the experiment.
 
-    Inside ``mlflow run`` (``MLFLOW_RUN_ID`` set) the experiment is already fixed: never call
-    ``set_experiment`` there (MLFLOW_NOTES.md).
+    The experiment is the one ``mlflow run`` chose (``--experiment-name``), else
+    ``MLFLOW_EXPERIMENT_NAME``/``MLFLOW_EXPERIMENT_ID``, else ``experiment``, else MLflow's
+    ``Default`` -- the same place ``mlflow run`` puts runs, so both ways of starting an entry
+    point see each other's runs. Inside ``mlflow run`` never call ``set_experiment``
+    (MLFLOW_NOTES.md).
     """
     uri = tracking_uri()
     check_tracking_server(uri)
-    if not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        mlflow.set_experiment(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT))
+    if experiment and not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        mlflow.set_experiment(experiment)
     return uri
 
 
@@ -71,9 +73,9 @@ def current_experiment_id() -> str:
         return os.environ["MLFLOW_EXPERIMENT_ID"]
     if os.environ.get("MLFLOW_RUN_ID"):
         return mlflow.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
-    exp = mlflow.get_experiment_by_name(name)
-    return exp.experiment_id if exp is not None else mlflow.set_experiment(name).experiment_id
+    from mlflow.tracking.fluent import _get_experiment_id
+
+    return _get_experiment_id()  # honours set_experiment and MLFLOW_EXPERIMENT_NAME, else Default
 
 
 @contextmanager

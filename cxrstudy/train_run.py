@@ -35,15 +35,17 @@ def checkpoint_dir(cfg: TrainConfig) -> Path:
 
 
 def find_finished(config_hash: str, experiment_ids=None):
-    """The newest FINISHED training run with this configuration hash, or None."""
+    """The newest FINISHED training run with this configuration hash in any experiment, or None
+    (the hash covers everything that determines the model, so any such run will do)."""
     runs = search_training_runs(f"tags.`{HASH_TAG}` = '{config_hash}' and attributes.status = 'FINISHED'",
                                 experiment_ids)
     return runs[0] if runs else None
 
 
 def search_training_runs(filter_string: str, experiment_ids=None):
-    experiment_ids = experiment_ids or [tracking.current_experiment_id()]
-    return MlflowClient().search_runs(experiment_ids, filter_string, order_by=["attributes.start_time DESC"],
+    client = MlflowClient()
+    experiment_ids = experiment_ids or [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiment_ids, filter_string, order_by=["attributes.start_time DESC"],
                                       max_results=50)
 
 

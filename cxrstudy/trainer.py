@@ -128,7 +128,7 @@ def predict_scores(model: torch.nn.Module, es: EvalSet, device: torch.device, ba
     """P(y=1) for every image of the eval set (and the mean cross-entropy if asked)."""
     model.eval()
     scores, losses = [], []
-    ys = torch.from_numpy(es.frame["y_true"].to_numpy())
+    ys = torch.tensor(es.frame["y_true"].to_numpy(), dtype=torch.long)
     k = 0
     for images, slots in es.images:
         for i in range(0, len(slots), batch_size):

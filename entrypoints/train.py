@@ -27,7 +27,9 @@ def main(argv=None) -> None:
         force = force_from_params(raw)
         pick_device(raw["device"])  # a clear error before any work
         tracking.setup()
-        result = run_training(cfg, force=force, device=raw["device"])
+        from cxrstudy.params import optional
+
+        result = run_training(cfg, force=force, device=raw["device"], parent_run_id=optional(raw["parent_run_id"]))
         print(f"model: {result['model_uri']}  (alias: models:/{result['registered_model']}@latest)")
 
     cli.run(body)

@@ -1,0 +1,148 @@
+"""Analysis of the comparison runs: the headline (how often adding a hospital lowers WGA),
+hypothesis 2 (does balancing help), figures and a markdown report.
+
+    from analysis import run_analysis
+    result = run_analysis(experiment_ids=["1"], source="synthetic", out_dir="analysis_out")
+
+Everything is read from the MLflow tracking store (``mlflow.search_runs``); see
+:mod:`analysis.queries`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from .queries import SETTINGS_COLUMNS, comparison_runs, comparison_table, latest_dataset_stats, \
+    latest_per_setting, resolve_experiment_ids
+from .summary import as_metrics, headline, headline_sentence, hypothesis2_summary, hypothesis2_table
+
+__all__ = ["run_analysis", "log_results", "comparison_table", "comparison_runs", "latest_dataset_stats",
+           "headline", "hypothesis2_table", "hypothesis2_summary", "SETTINGS_COLUMNS", "no_runs_message",
+           "format_headline", "latest_per_setting"]
+
+
+def _experiment_names(experiment_ids) -> str:
+    import mlflow
+
+    out = []
+    for eid in experiment_ids:
+        try:
+            out.append(f"{mlflow.get_experiment(str(eid)).name!r} (id {eid})")
+        except Exception:
+            out.append(f"id {eid}")
+    return ", ".join(out)
+
+
+def no_runs_message(experiment_ids, source=None) -> str:
+    where = _experiment_names(experiment_ids)
+    src = f" with source={source}" if source else ""
+    return (f"no FINISHED comparison runs{src} in experiment {where}; run `mlflow run . -e compare ...` "
+            f"or `-e main` first")
+
+
+def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *, log: bool | None = None,
+                 figures: bool = True, verbose: bool = True) -> dict:
+    """Query the comparison runs, summarise them, draw the figures and write the report.
+
+    ``experiment_ids``: None = the current experiment; ``source``: ``synthetic`` | ``real`` | None (all);
+    ``out_dir``: where ``settings.csv``, ``hypothesis2.csv``, the PNGs and ``report.md`` go (None = a
+    new temporary folder). ``log``: log metrics and those files to the active MLflow run (None = when
+    a run is active). Raises :class:`cxrstudy.errors.DataError` when there is no comparison run.
+
+    Returns ``{"settings", "headline", "hypothesis2", "hypothesis2_summary", "metrics", "files",
+    "figures", "report", "out_dir", "experiment_ids", "source", "n_runs", "synthetic", "fake",
+    "dataset_stats", "seconds", "timings"}``.
+    """
+    import mlflow
+
+    from cxrstudy.errors import DataError
+
+    t0 = time.perf_counter()
+    timings = {}
+    ids = resolve_experiment_ids(experiment_ids)
+    source = source or None
+    runs = comparison_runs(ids, source)
+    timings["query"] = time.perf_counter() - t0
+    if runs.empty:
+        raise DataError(no_runs_message(ids, source))
+    settings = latest_per_setting(runs)
+    head = headline(settings)
+    h2 = hypothesis2_table(settings)
+    one_source = source or (settings["source"].iloc[0] if settings["source"].nunique() == 1 else None)
+    stats = latest_dataset_stats(ids, one_source if one_source != "unknown" else None)
+    timings["summary"] = time.perf_counter() - t0 - sum(timings.values())
+
+    out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="cxrstudy-analysis-"))
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    files["settings.csv"] = out / "settings.csv"
+    settings[SETTINGS_COLUMNS].to_csv(files["settings.csv"], index=False)
+    files["hypothesis2.csv"] = out / "hypothesis2.csv"
+    h2.to_csv(files["hypothesis2.csv"], index=False)
+    files["settings_provenance.csv"] = out / "settings_provenance.csv"  # + run_id, source, seeds, ...
+    settings.to_csv(files["settings_provenance.csv"], index=False)
+    figs = {}
+    if figures:
+        from .figures import make_figures
+
+        t = time.perf_counter()
+        figs = make_figures(settings, out)
+        timings["figures"] = time.perf_counter() - t
+    files.update({p.name: p for p in figs.values()})
+
+    from .report import write_report
+
+    meta = {"experiment_ids": ids, "source": source, "n_runs": len(runs)}
+    files["report.md"] = write_report(settings, head, h2, stats, figs, out, meta=meta)
+    result = {
+        "settings": settings, "headline": head, "hypothesis2": h2, "hypothesis2_summary": hypothesis2_summary(h2),
+        "metrics": as_metrics(head, h2), "files": files, "figures": figs, "report": files["report.md"],
+        "out_dir": out, "experiment_ids": ids, "source": source, "n_runs": len(runs),
+        "synthetic": bool(settings["synthetic"].any()), "fake": bool(settings["fake"].any()),
+        "dataset_stats": stats,
+    }
+    if verbose:
+        print(format_headline(result), flush=True)
+    if log or (log is None and mlflow.active_run() is not None):
+        log_results(result)
+    result["seconds"] = time.perf_counter() - t0
+    result["timings"] = timings
+    return result
+
+
+def format_headline(result: dict, report_path: bool = True) -> str:
+    """The console summary: one headline sentence per balance mode, hypothesis 2, the report's path."""
+    lines = []
+    if result.get("synthetic"):
+        lines.append("*** SYNTHETIC DATA: results say nothing about real patients. ***")
+    if result.get("fake"):
+        lines.append("*** FAKE benchmark runs included: numbers are random. ***")
+    for bal, h in result["headline"].items():
+        lines.append(f"[balance={bal}] {headline_sentence(h, bal)}")
+    if "none" in result["headline"]:
+        lines.append(f"(paper: adding a hospital hurt WGA in 43% of 108 settings; here "
+                     f"{result['headline']['none']['hurt_fraction']:.0%} of {result['headline']['none']['n_settings']})")
+    s = result["hypothesis2_summary"]
+    if s["n_settings"]:
+        lines.append(f"[hypothesis 2] balanced model beat both in {s['n_balanced_beats_both']} of {s['n_settings']} "
+                     f"settings; worse than both in {s['n_balanced_worse_than_both']}")
+    if report_path:
+        lines.append(f"report: {result['report']}")
+    return "\n".join(lines)
+
+
+def log_results(result: dict) -> None:
+    """Log the analysis metrics, files and a few provenance params to the active MLflow run."""
+    import mlflow
+
+    from cxrstudy import tracking
+
+    tracking.log_params({"experiment_ids": ",".join(result["experiment_ids"]), "source": result["source"] or "all",
+                         "n_runs": result["n_runs"], "n_settings_total": len(result["settings"])},
+                        prefix="cfg.analysis.")
+    if result["metrics"]:
+        mlflow.log_metrics(result["metrics"])
+    for path in result["files"].values():
+        mlflow.log_artifact(str(path))

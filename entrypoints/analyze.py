@@ -1,0 +1,84 @@
+"""analyze: the headline over every comparison run: how often did adding a hospital lower WGA?
+
+    mlflow run . --env-manager local -e analyze
+    mlflow run . --env-manager local -e analyze -P source=synthetic -P experiment=cxrstudy
+
+Reads the FINISHED comparison runs of the experiment (the newest run per setting), logs the
+hurt fractions as metrics (``analysis/...``; ``analysis/balanced/...`` for hospital-label
+balancing), and the artifacts settings.csv, hypothesis2.csv, the figures and report.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cxrstudy import cli  # noqa: E402
+
+PARAMS = {
+    "source": "",
+    "experiment": "",
+}
+
+
+def resolve_experiment(value: str):
+    """An experiment name or id -> the experiment (UsageError when there is none)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from cxrstudy.errors import UsageError
+
+    value = str(value).strip()
+    exp = mlflow.get_experiment_by_name(value)
+    if exp is None and value.isdigit():
+        try:
+            exp = mlflow.get_experiment(value)
+        except MlflowException:
+            exp = None
+    if exp is None:
+        names = [e.name for e in mlflow.search_experiments(max_results=20)]
+        raise UsageError(f"no experiment named or numbered {value!r}; existing: {', '.join(names) or 'none'}")
+    return exp
+
+
+def main(argv=None) -> None:
+    raw = cli.parse(PARAMS, argv, prog="analyze", doc=__doc__)
+
+    def body():
+        import os
+        import tempfile
+
+        import mlflow
+
+        from analysis import format_headline, log_results, run_analysis
+        from cxrstudy import tracking
+        from cxrstudy.sources import parse_source_kind
+
+        source = raw["source"].strip().lower()
+        source = "" if source in ("", "all") else parse_source_kind(source)
+        tracking.check_tracking_server(tracking.tracking_uri())
+        if raw["experiment"].strip():
+            exp = resolve_experiment(raw["experiment"])
+            eid = exp.experiment_id
+            under_mlflow_run = os.environ.get("MLFLOW_RUN_ID") or os.environ.get("MLFLOW_EXPERIMENT_ID")
+            tracking.setup(None if under_mlflow_run else exp.name)  # the analyze run goes next to its runs
+        else:
+            tracking.setup()
+            eid = tracking.current_experiment_id()
+        with tempfile.TemporaryDirectory(prefix="cxrstudy-analyze-") as tmp:
+            # DataError (no comparison runs) comes before any run is opened
+            result = run_analysis([eid], source or None, out_dir=tmp, log=False, verbose=False)
+            print(format_headline(result, report_path=False), flush=True)
+            with tracking.run(run_name=f"analyze-{source or 'all'}", tags={"cxrstudy.entry": "analyze"}):
+                tracking.mark_synthetic(result["synthetic"])
+                log_results(result)
+                print(f"analysis logged to run {mlflow.active_run().info.run_id} "
+                      f"(artifacts: {', '.join(sorted(result['files']))})", file=sys.stderr)
+
+    cli.run(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""main: the whole study in one command (what `make demo` runs).
+
+    mlflow run . --env-manager local -e main                       # synthetic default, ~CPU minutes
+    mlflow run . -e main -P source=real -P data_root=/data -P envs=all -P labels=all -P seeds=0,1,2 -P preset=paper
+
+Preprocess, the training grid (single-hospital, two-hospital and balanced two-hospital models),
+every comparison, then the analysis, as nested MLflow runs under one parent. Resumable: run it
+again and only unfinished cells are redone.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cxrstudy import cli  # noqa: E402
+from cxrstudy.config import TRAIN_PARAMS  # noqa: E402
+
+PARAMS = {
+    "envs": "cxp,nih,pad",
+    "labels": "Effusion,Cardiomegaly",
+    "seeds": "0",
+    "balances": "none,hospital_label",
+    "workers": "1",
+    "n_bootstrap": "1000",
+    **{k: v for k, v in TRAIN_PARAMS.items() if k not in ("envs", "label", "seed", "balance", "force",
+                                                          "parent_run_id")},
+}
+
+
+def main(argv=None) -> None:
+    raw = cli.parse(PARAMS, argv, prog="main", doc=__doc__)
+
+    def body():
+        from cxrstudy import tracking
+        from cxrstudy.balancing import parse_balance
+        from cxrstudy.config import config_from_params
+        from cxrstudy.errors import UsageError
+        from cxrstudy.hospitals import parse_envs
+        from cxrstudy.labels import parse_labels
+        from cxrstudy.params import as_int, as_int_list
+        from cxrstudy.study import run_main
+        from cxrstudy.trainer import pick_device
+
+        envs = parse_envs(raw["envs"])
+        if len(envs) < 2:
+            raise UsageError(f"parameter envs={raw['envs']!r} names one hospital; the study needs at least two")
+        labels = parse_labels(raw["labels"])
+        seeds = as_int_list("seeds", raw["seeds"], lo=0)
+        balances = []
+        for b in [p for p in raw["balances"].split(",") if p.strip()]:
+            if parse_balance(b) not in balances:
+                balances.append(parse_balance(b))
+        if not balances:
+            raise UsageError("parameter balances is empty; expected e.g. none,hospital_label")
+        workers = as_int("workers", raw["workers"], lo=1, hi=256)
+        n_boot = as_int("n_bootstrap", raw["n_bootstrap"], lo=10, hi=100000)
+        template = config_from_params({**raw, "envs": envs[0], "label": labels[0], "seed": "0", "balance": "none"})
+        pick_device(raw["device"])
+        tracking.setup()
+        run_main(template, envs, labels, seeds, balances, workers=workers, n_bootstrap=n_boot, device=raw["device"])
+
+    cli.run(body)
+
+
+if __name__ == "__main__":
+    main()
