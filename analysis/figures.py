@@ -192,8 +192,8 @@ def delta_heatmap(settings: pd.DataFrame, path: Path, *, balance: str = "none", 
             for j in range(k):
                 v = grid[i, j]
                 if np.isnan(v):
-                    ax.text(j, i, "\u2014" if i == j else "n/a", ha="center", va="center", fontsize=8,
-                            color="#aaaaaa")
+                    if i != j:  # the diagonal (a hospital added to itself) stays a plain grey cell
+                        ax.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="#aaaaaa")
                     continue
                 txt = f"{v:+.1f}".replace("-", "\u2212") + ("*" if mark[i, j] else "")
                 ax.text(j, i, txt, ha="center", va="center", fontsize=8.5,

@@ -209,7 +209,8 @@ def _build(source, rows, split, size, key, final: Path, *, workers, progress) ->
     index = rows.loc[ok].copy()
     index.insert(0, "slot", np.flatnonzero(ok))
     index.to_csv(partial / "index.csv", index=False)
-    skipped = rows.loc[~ok, ["env", "subject_id", "path"]].copy()
+    skipped = rows.loc[~ok, ["subject_id", "path"]].copy()
+    skipped.insert(0, "env", source.env)
     skipped["reason"] = [failures[i] for i in np.flatnonzero(~ok)]
     skipped.to_csv(partial / "skipped.csv", index=False)
     manifest = {
