@@ -109,7 +109,8 @@ def hypothesis2_summary(h2: pd.DataFrame) -> dict:
     return res
 
 
-_HOW = {"none": "", "hospital_label": " with hospital-label balancing", "size_matched": " size-matched"}
+_HOW = {"none": "", "hospital_label": " with hospital-label balancing",
+        "size_matched": " (size-matched to the base hospital)"}
 
 
 def headline_sentence(h: dict, balance: str = "none") -> str:

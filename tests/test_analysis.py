@@ -63,10 +63,13 @@ def tstore(analysis_template_db, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     while mlflow.active_run() is not None:
         mlflow.end_run()
+    # set_experiment() leaves its id in a module global (and in MLFLOW_EXPERIMENT_ID): forget it
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     mlflow.set_tracking_uri(uri)
     yield uri
     while mlflow.active_run() is not None:
         mlflow.end_run()
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     mlflow.set_tracking_uri(None)
 
 
@@ -388,6 +391,16 @@ def test_make_fake_comparisons_small(tstore, tmp_path):
     assert "WARNING: FAKE RUNS" in res["report"].read_text()
     full = analysis.comparison_runs([made["experiment_id"]])
     assert len(full) == 200
+
+
+def test_time_analysis_leaves_the_callers_mlflow_alone(tstore):
+    eid = new_experiment()
+    with mlflow.start_run(experiment_id=eid) as run:  # e.g. the benchmark entry point's own run
+        seconds = fake.time_analysis(60)
+        mlflow.log_metric("bench/analyze_seconds_60", seconds)
+    print(f"\ntime_analysis(60): {seconds:.2f} s")
+    assert seconds > 0 and mlflow.get_tracking_uri() == tstore
+    assert MlflowClient().get_run(run.info.run_id).data.metrics["bench/analyze_seconds_60"] == seconds
 
 
 def test_fake_bulk_rows_match_client_rows(tstore):
