@@ -19,7 +19,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	mlflow run . --env-manager local -e preprocess
+	mlflow run . --env-manager local -e main
+
+bench: setup
+	mlflow run . --env-manager local -e benchmark
 
 test: setup
 	$(PY) -m pytest -q

@@ -29,6 +29,17 @@ def pending(cells: list[TrainConfig]) -> list[TrainConfig]:
     return [c for c in cells if find_finished(c.content_hash()) is None]
 
 
+def mark_orphans_failed(cfg: TrainConfig) -> None:
+    """A worker that died (killed, out of memory) cannot end its run: mark it FAILED for it."""
+    from mlflow.tracking import MlflowClient
+
+    from .train_run import HASH_TAG, search_training_runs
+
+    client = MlflowClient()
+    for run in search_training_runs(f"tags.`{HASH_TAG}` = '{cfg.content_hash()}' and attributes.status = 'RUNNING'"):
+        client.set_terminated(run.info.run_id, "FAILED")
+
+
 def train_command(cfg: TrainConfig, parent_run_id: str | None, device: str) -> list[str]:
     params = {**config_to_params(cfg), "device": device, "parent_run_id": parent_run_id or ""}
     cmd = [sys.executable, str(ROOT / "entrypoints" / "train.py")]
@@ -91,6 +102,7 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
             cfg, rc, log = fut.result()
             if rc != 0:
                 failed.append((cfg, rc, log))
+                mark_orphans_failed(cfg)
                 tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
                 print(f"cell {'+'.join(cfg.envs)}/{cfg.label}/{cfg.balance}/s{cfg.seed} failed (exit {rc}): "
                       f"{tail[0] if tail else ''} [log: {log}]", file=sys.stderr)

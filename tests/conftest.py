@@ -42,9 +42,13 @@ def store(migrated_db, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("CXRSTUDY_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+    # set_experiment() leaves its id in a module global (and in MLFLOW_EXPERIMENT_ID): forget it
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("test")
     yield uri
     while mlflow.active_run() is not None:
         mlflow.end_run()
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     mlflow.set_tracking_uri(None)

@@ -5,17 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# An editable install made before analysis/__init__.py existed maps `analysis` as a namespace
-# package (no attributes); the repository root first on sys.path finds the real package.
-sys.path.insert(0, str(ROOT))
-if "analysis" in sys.modules and getattr(sys.modules["analysis"], "__file__", None) is None:
-    del sys.modules["analysis"]
 
 import mlflow
 import numpy as np
@@ -40,37 +33,6 @@ def _load(path: Path, name: str):
 
 analyze_entry = _load(ROOT / "entrypoints" / "analyze.py", "_entry_analyze")
 fake = _load(ROOT / "benchmarks" / "make_fake_comparisons.py", "_make_fake_comparisons")
-
-
-# --- an isolated tracking store per test -----------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def analysis_template_db(tmp_path_factory) -> Path:
-    """One migrated SQLite tracking DB (migrations cost ~1.5 s), copied for every test."""
-    path = tmp_path_factory.mktemp("analysis-mlflow-template") / "mlflow.db"
-    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def tstore(analysis_template_db, tmp_path, monkeypatch):
-    db = tmp_path / "mlflow.db"
-    shutil.copy(analysis_template_db, db)
-    uri = f"sqlite:///{db}"
-    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
-    # set_experiment() leaves its id in a module global (and in MLFLOW_EXPERIMENT_ID): forget it
-    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-    mlflow.set_tracking_uri(uri)
-    yield uri
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
-    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
-    mlflow.set_tracking_uri(None)
 
 
 def new_experiment(name: str = "study") -> str:
@@ -131,7 +93,7 @@ def settings_frame(rows) -> pd.DataFrame:
 
 # --- queries ---------------------------------------------------------------------------------------
 
-def test_comparison_table_and_headline(tstore):
+def test_comparison_table_and_headline(store):
     eid = new_experiment()
     ids = log_cases(eid)
     with mlflow.start_run(experiment_id=eid, tags={"cxrstudy.entry": "train", "base": "cxp", "added": "nih",
@@ -164,7 +126,7 @@ def test_comparison_table_and_headline(tstore):
                                                  "helped_fraction_significant": 0.5})
 
 
-def test_newest_finished_run_wins(tstore):
+def test_newest_finished_run_wins(store):
     eid = new_experiment()
     log_compare(eid, "cxp", "nih", "Edema", -0.10, -0.2, -0.05, start=1_000)
     newest = log_compare(eid, "cxp", "nih", "Edema", 0.04, 0.01, 0.07, start=3_000)
@@ -182,7 +144,7 @@ def test_newest_finished_run_wins(tstore):
     assert comparison_table([eid], source="synthetic")["run_id"].tolist() == [newest]
 
 
-def test_empty_and_current_experiment(tstore):
+def test_empty_and_current_experiment(store):
     eid = new_experiment("empty")
     t = comparison_table([eid])
     assert t.empty and list(t.columns[:len(SETTINGS_COLUMNS)]) == SETTINGS_COLUMNS
@@ -193,7 +155,7 @@ def test_empty_and_current_experiment(tstore):
         run_analysis(out_dir="out")
 
 
-def test_latest_dataset_stats(tstore, tmp_path):
+def test_latest_dataset_stats(store, tmp_path):
     eid = new_experiment()
     assert latest_dataset_stats([eid]) is None
     for i, n in enumerate((100, 200)):
@@ -249,7 +211,7 @@ def test_hypothesis2_flags():
 
 # --- files: settings.csv, figures, report ----------------------------------------------------------
 
-def test_run_analysis_files_and_report(tstore, tmp_path):
+def test_run_analysis_files_and_report(store, tmp_path):
     eid = new_experiment()
     log_cases(eid)
     stats = pd.DataFrame([(e, sp, lab, 1000, 100, 0.1) for e in ("nih", "cxp") for sp in ("train", "val", "test")
@@ -318,7 +280,7 @@ def test_figures_mixed_sources_and_full_grid(tmp_path):
 
 # --- the analyze entry point -----------------------------------------------------------------------
 
-def test_analyze_entry_point_end_to_end(tstore, capsys):
+def test_analyze_entry_point_end_to_end(store, capsys):
     eid = new_experiment("study")
     log_cases(eid)
     log_compare(eid, "cxp", "nih", "Edema", -0.02, -0.05, 0.01, source="real")
@@ -349,8 +311,8 @@ def test_analyze_entry_point_end_to_end(tstore, capsys):
     assert runs[0].data.metrics["analysis/n_settings"] == 5
 
 
-def test_analyze_current_experiment_and_errors(tstore, capsys):
-    os.environ["MLFLOW_EXPERIMENT_NAME"] = "fresh"  # monkeypatch restores the env of tstore only
+def test_analyze_current_experiment_and_errors(store, capsys):
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = "fresh"  # monkeypatch restores the env of store only
     try:
         with pytest.raises(SystemExit) as e:
             analyze_entry.main([])
@@ -375,7 +337,7 @@ def test_analyze_current_experiment_and_errors(tstore, capsys):
 
 # --- the fake-comparison benchmark (small) ---------------------------------------------------------
 
-def test_make_fake_comparisons_small(tstore, tmp_path):
+def test_make_fake_comparisons_small(store, tmp_path):
     made = fake.make_fake_comparisons(200, "fake", seed=1, balances=("none",))
     assert made["method"] == "bulk" and len(made["run_ids"]) == 200
     t = time.perf_counter()
@@ -393,17 +355,17 @@ def test_make_fake_comparisons_small(tstore, tmp_path):
     assert len(full) == 200
 
 
-def test_time_analysis_leaves_the_callers_mlflow_alone(tstore):
+def test_time_analysis_leaves_the_callers_mlflow_alone(store):
     eid = new_experiment()
     with mlflow.start_run(experiment_id=eid) as run:  # e.g. the benchmark entry point's own run
         seconds = fake.time_analysis(60)
         mlflow.log_metric("bench/analyze_seconds_60", seconds)
     print(f"\ntime_analysis(60): {seconds:.2f} s")
-    assert seconds > 0 and mlflow.get_tracking_uri() == tstore
+    assert seconds > 0 and mlflow.get_tracking_uri() == store
     assert MlflowClient().get_run(run.info.run_id).data.metrics["bench/analyze_seconds_60"] == seconds
 
 
-def test_fake_bulk_rows_match_client_rows(tstore):
+def test_fake_bulk_rows_match_client_rows(store):
     a = fake.make_fake_comparisons(12, "bulk", seed=3, method="bulk")
     b = fake.make_fake_comparisons(12, "client", seed=3, method="client")
     ta = comparison_table([a["experiment_id"]]).drop(columns=["run_id", "experiment_id", "start_time"])
@@ -417,7 +379,7 @@ def test_fake_bulk_rows_match_client_rows(tstore):
         {k: v for k, v in rb.data.tags.items() if k != "mlflow.user"}
 
 
-def test_make_fake_refuses_a_real_experiment(tstore):
+def test_make_fake_refuses_a_real_experiment(store):
     eid = new_experiment("real-study")
     log_compare(eid, "cxp", "nih", "Edema", -0.02, -0.05, 0.01)
     with pytest.raises(DataError, match="not fake"):

@@ -7,15 +7,18 @@ the same picture at 32, 64 or 224 px (up to pixel noise).
 
 An image is composed in three layers:
 
-1. anatomy (per patient, with per-image pose and breathing): body outline, lungs over domed
-   hemidiaphragms, mediastinum and heart, spine, clavicles, posterior ribs and branching lung
-   markings;
+1. anatomy (per patient, with per-image pose, rotation and breathing): body outline and
+   habitus, lungs over domed hemidiaphragms, mediastinum with aortic knob and heart, hila,
+   trachea, spine, clavicles, posterior and anterior ribs, branching lung markings, gastric
+   bubble; plus label-independent look-alikes of the signs (basal soft tissue, diffuse haze,
+   a fissure line, a nipple shadow, a skin fold);
 2. disease signs (only for the labels present, each with its own random size, place and
    intensity, scaled by ``sign_strength``): cardiomegaly enlarges the cardiac silhouette
    (whose normal size varies too), effusion fills the lung base with a meniscus that blunts
    the costophrenic angle, pneumothorax leaves a lucent rim without markings and a pleural
    line, pneumonia and consolidation add patchy / denser airspace opacity, edema a bilateral
-   perihilar haze with prominent markings, atelectasis linear bands and volume loss;
+   perihilar haze with prominent markings, atelectasis linear bands and volume loss. As with
+   report-derived labels, a positive shows no sign with probability 1 - ``SIGN_SHOWN``;
 3. acquisition (per hospital, independent of the labels): intensity curve, heel-effect
    gradient, noise level, sharpness/blur, collimation border and a burned-in text marker at a
    site-specific place. ``shortcut_strength`` interpolates each continuous site parameter
@@ -119,10 +122,13 @@ def _site_params(env: str, strength: float):
         out[name] = mean + strength * (getattr(site, name) - mean)
     mean_b = np.mean([SITES[e].border for e in HOSPITALS], axis=0)
     out["border"] = mean_b + strength * (np.asarray(site.border) - mean_b)
-    out["noise"] = max(out["noise"], 0.002)
-    out["contrast"] = max(out["contrast"], 0.3)
-    out["marker_p"] = float(np.clip(out["marker_p"], 0.0, 1.0))
+    # strengths above 1 exaggerate the differences, within sane limits
+    limits = {"log_gamma": (-1.0, 1.0), "contrast": (0.4, 2.0), "level": (-0.25, 0.25), "noise": (0.002, 0.12),
+              "sharpen": (-1.0, 3.0), "heel": (-0.3, 0.3), "marker_p": (0.0, 1.0)}
+    for name, (lo, hi) in limits.items():
+        out[name] = float(min(max(out[name], lo), hi))
     out["border"] = np.clip(out["border"], 0.0, 0.3)
+    out["border"].flags.writeable = False
     return out
 
 
@@ -255,6 +261,21 @@ _TAG_PATIENT, _TAG_IMAGE = 0x5EED_0001, 0x5EED_0002
 # the renderer
 
 
+@lru_cache(maxsize=16)
+def _patient(words: tuple, size: int):
+    """The patient's anatomy draws and lung-marking table (cached: a patient's images are
+    usually rendered one after another). Read-only."""
+    rp = np.random.default_rng([_TAG_PATIENT, *words])
+    pa = rp.random(24)  # anatomy
+    vcoarse = rp.standard_normal((2 * 14, 5))  # lung markings (polar fields, both lungs)
+    vfine = rp.standard_normal((2 * 44, 8))
+    tissue = rp.standard_normal((6, 6))  # smooth soft-tissue thickness variation
+    table = _vessel_table(vcoarse, vfine, size)
+    for a in (pa, table, tissue):
+        a.flags.writeable = False
+    return pa, table, tissue
+
+
 def _band(X, Y, cx, cy, angle_deg, half_len, width):
     """A straight band (0..1) of half-width ``width`` and half-length ``half_len``."""
     a = np.deg2rad(angle_deg)
@@ -309,14 +330,10 @@ def render(
     dis = disease_vector(labels)
     img_words = _seed_words(image_seed)
     pat_words = _seed_words(patient_seed) if patient_seed is not None else img_words
-    rp = np.random.default_rng([_TAG_PATIENT, *pat_words])
     ri = np.random.default_rng([_TAG_IMAGE, *img_words])
 
     # ---- random draws: fixed order and amount, whatever the labels --------------------
-    pa = rp.random(24)  # patient anatomy
-    vcoarse = rp.standard_normal((2 * 14, 5))  # lung markings (polar fields, both lungs)
-    vfine = rp.standard_normal((2 * 44, 8))
-    tissue = rp.standard_normal((6, 6))  # smooth soft-tissue thickness variation
+    pa, table, tissue = _patient(tuple(pat_words), size)
     po = ri.standard_normal(12)  # pose, breathing, exposure
     lk = ri.random(16)  # normal look-alikes (fissure, skin fold, nipple shadow)
     dz = ri.random((7, 12))  # disease sign parameters, one row per disease
@@ -339,7 +356,8 @@ def render(
     dome_k = 0.5 + 1.0 * pa[6]
     heart_w = 0.33 + 0.06 * (pa[7] - 0.5) + 0.012 * po[2]  # normal variation overlaps mild cardiomegaly
     heart_h = 0.29 + 0.03 * (pa[8] - 0.5)
-    heart_cx = 0.09 + 0.04 * (pa[9] - 0.5)
+    axial = 0.02 * po[10]  # axial rotation: the mediastinum shifts against the lungs
+    heart_cx = 0.09 + 0.04 * (pa[9] - 0.5) + axial
     heart_cy = 0.44 + 0.04 * (pa[10] - 0.5)
     rib_period = 0.165 + 0.02 * (pa[11] - 0.5)
     rib_curv = 1.1 + 0.5 * pa[12]
@@ -406,8 +424,9 @@ def render(
     hv = (hy * F32(0.96) - hx * F32(0.28)) * F32(1.0 / heart_h)
     heart = _ramp(F32(1.0) - (hu * hu + hv * hv), F32(5.0))
     knob = _ramp(F32(1.0) - ((Y + F32(0.30)) * F32(1.0 / 0.11)) ** 2, F32(1.5)) * F32(0.075)
-    mx = X - F32(0.015) - Y * F32(0.03)
-    med = _ramp(F32(0.095) + knob - mx, F32(25.0)) * _ramp(mx + F32(0.095), F32(25.0))
+    mx = X - F32(0.015 + axial) - Y * F32(0.03)
+    widen = _ramp(Y + F32(0.12), F32(2.5)) * F32(0.13)  # lower mediastinum flares into the heart
+    med = _ramp(F32(0.095) + knob + widen - mx, F32(25.0)) * _ramp(mx + F32(0.095) + widen * F32(0.5), F32(25.0))
     lungs *= F32(1.0) - np.maximum(heart, med)
 
     A = body * (F32(soft) + _field(tissue, size) * F32(0.05))  # habitus varies smoothly
@@ -419,6 +438,10 @@ def render(
     cy = F32(-0.62 + 0.02 * po[7]) - F32(0.20) * AX
     clav = _ramp(F32(0.03) - np.abs(Y - cy), F32(35.0)) * ((AX > 0.06) & (AX < 0.62))
     A += clav * F32(0.12)  # clavicles
+    # gastric air bubble under the left hemidiaphragm (size varies, sometimes absent)
+    if pa[21] < 0.7:
+        gb = _blob(u, 0.36 + 0.08 * (pa[22] - 0.5), dome_y + 0.2, 0.06 + 0.04 * pa[23], 0.035 + 0.02 * pa[23])
+        A -= gb * body * F32(0.25)
 
     # posterior ribs (arcs rising from the spine, curving down laterally) and fainter
     # anterior ribs running down toward the sternum
@@ -437,7 +460,6 @@ def render(
     vy = Y - F32(hilum_y)
     vr = np.sqrt(vx * vx + vy * vy)
     vth = np.arctan2(vy, vx)
-    table = _vessel_table(vcoarse, vfine, size)
     n_th, n_r = _vt_shape(size)
     ti = (vth * F32(n_th / (2 * np.pi)) + F32(n_th / 2)).astype(np.intp)
     np.clip(ti, 0, n_th - 1, out=ti)
@@ -510,7 +532,7 @@ def render(
         for k in range(1 + int(d[2] > 0.6)):
             band = _band(X, Y, ate_side * (0.24 + 0.18 * d[5]), 0.22 + 0.2 * d[6] - 0.14 * k,
                          -20 + 40 * d[3 + k], 0.08 + 0.10 * d[7], 0.015 + 0.02 * d[8])
-            opac += band * F32(s * (0.2 + 0.5 * d[9] ** 1.5))
+            opac += band * F32(s * (0.25 + 0.55 * d[9] ** 1.5))
 
     ptx = has["Pneumothorax"]
     if ptx or skin_fold:

@@ -1,0 +1,105 @@
+"""The study end to end on tiny synthetic hospitals: main, resume, rerun, parallel workers."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--envs", "cxp,nih", "--labels", "Any", "--seeds", "0", "--balances", "none,hospital_label",
+        "--preset", "cpu", "--image_size", "32", "--batch_size", "16", "--synthetic_patients", "200",
+        "--n_bootstrap", "100"]
+
+
+def runs(entry, status=None):
+    f = f"tags.`cxrstudy.entry` = '{entry}'" + (f" and attributes.status = '{status}'" if status else "")
+    return mlflow.search_runs(search_all_experiments=True, filter_string=f)
+
+
+def main_cmd(*extra):
+    return [sys.executable, str(ROOT / "entrypoints" / "main.py"), *TINY, *extra]
+
+
+def check_grid_done_once():
+    train = runs("train", "FINISHED")
+    # 2 single-hospital models + 1 pair + 1 balanced pair, each trained exactly once
+    assert len(train) == 4, train[["tags.envs", "tags.balance"]]
+    assert train["tags.cxrstudy.config_hash"].is_unique
+    compare = runs("compare", "FINISHED")
+    assert len(compare) == 4  # (cxp, nih) and (nih, cxp) x (none, hospital_label)
+    assert compare["tags.cxrstudy.compare_key"].is_unique
+    for col in ("compare/wga_single", "compare/wga_pair", "compare/delta_wga", "compare/delta_ci_low",
+                "compare/delta_ci_high", "compare/hurt"):
+        assert compare[f"metrics.{col}"].notna().all()
+    d = compare["metrics.compare/delta_wga"]
+    assert ((compare["metrics.compare/delta_ci_low"] <= d + 1e-9) & (d <= compare["metrics.compare/delta_ci_high"] + 1e-9)).all()
+    assert ((d < 0).astype(float) == compare["metrics.compare/hurt"]).all()
+
+
+def test_main_through_mlflow_run_then_rerun_is_a_no_op(store):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    params = []
+    for k, v in zip(TINY[::2], TINY[1::2]):
+        params += ["-P", f"{k[2:]}={v}"]
+    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "-e", "main",
+           "-P", "max_steps=6", "-P", "eval_every=3", *params]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    check_grid_done_once()
+    parent = runs("main", "FINISHED")
+    assert len(parent) == 1
+    pid = parent.run_id.iloc[0]
+    children = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`mlflow.parentRunId` = '{pid}'")
+    entries = set(children["tags.cxrstudy.entry"])
+    assert {"preprocess", "train", "compare", "analyze"} <= entries
+    analysis = runs("analyze", "FINISHED")
+    assert "metrics.analysis/hurt_fraction" in analysis.columns and "metrics.analysis/balanced/hurt_fraction" in analysis.columns
+    art = MlflowClient().list_artifacts(analysis.run_id.iloc[0])
+    names = {a.path for a in art}
+    assert {"settings.csv", "report.md"} <= names and any(n.endswith(".png") for n in names)
+    assert "adding a second hospital" in out.stdout.lower() or "wga" in out.stdout.lower()
+
+    # run again: nothing is trained or compared again, and it is quick
+    t = time.perf_counter()
+    out2 = subprocess.run(main_cmd("--max_steps", "6", "--eval_every", "3"), env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert out2.returncode == 0, out2.stderr[-4000:]
+    check_grid_done_once()
+    assert time.perf_counter() - t < 60
+
+
+def test_two_workers_through_a_local_server_lose_no_runs_and_resume_after_a_kill(store):
+    env = {**os.environ}
+    # long enough cells that a worker can be killed mid-training
+    proc = subprocess.Popen(main_cmd("--max_steps", "300", "--eval_every", "20", "--workers", "2"),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        out = subprocess.run(["pgrep", "-f", "entrypoints/train.py"], capture_output=True, text=True).stdout.split()
+        # kill one training worker once it has logged at least one validation
+        for pid in out:
+            if runs("train").get("metrics.val/macro_f1") is not None and runs("train")["metrics.val/macro_f1"].notna().any():
+                os.kill(int(pid), signal.SIGKILL)
+                killed = int(pid)
+                break
+        time.sleep(0.5)
+    log, _ = proc.communicate(timeout=900)
+    assert killed is not None, log[-3000:]
+    assert proc.returncode == 1, log[-3000:]  # the study reports the failed cell ...
+    assert "training cells failed" in log
+    assert not any(p for p in subprocess.run(["pgrep", "-f", "mlflow server"], capture_output=True,
+                                              text=True).stdout.split())  # ... and stopped its server
+    # the killed cell's run is not FINISHED; the rerun completes the grid without duplicates
+    out = subprocess.run(main_cmd("--max_steps", "300", "--eval_every", "20", "--workers", "2"), env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    check_grid_done_once()
+    assert len(runs("train")) >= 5  # the killed attempt is kept, not marked FINISHED
