@@ -17,7 +17,6 @@ from __future__ import annotations
 import gc
 import tempfile
 from contextlib import contextmanager
-from pathlib import Path
 
 import mlflow
 import numpy as np

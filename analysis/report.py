@@ -217,7 +217,7 @@ def write_report(settings: pd.DataFrame, headline: dict, h2: pd.DataFrame | None
     lines += ["## Dataset statistics", ""]
     if dataset_stats is not None and len(dataset_stats):
         rid = dataset_stats.attrs.get("run_id")
-        lines += [f"Images and label prevalence (%) per hospital and split"
+        lines += ["Images and label prevalence (%) per hospital and split"
                   + (f", from preprocess run `{rid}`" if rid else "") + ".", ""]
         st = stats_table(dataset_stats)
         lines += [md_table(st, fmt={c: ".2f" for c in st.columns if c.endswith("%")}), ""]

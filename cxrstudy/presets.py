@@ -27,13 +27,13 @@ PRESETS: dict[str, dict] = {
     "cpu": {
         "backbone": "smallcnn",
         "pretrained": "none",
-        "image_size": 64,
+        "image_size": 48,
         "lr": 1e-3,
         "weight_decay": 0.0,
         "batch_size": 64,
-        "max_steps": 600,
+        "max_steps": 400,
         "eval_every": 50,
-        "patience": 5,
+        "patience": 4,
     },
 }
 PRESET_NAMES = ("auto",) + tuple(PRESETS)
@@ -49,6 +49,6 @@ def resolve_preset(name: str, *, verbose: bool = True) -> tuple[str, dict]:
 
         key = "paper" if torch.cuda.is_available() else "cpu"
         if verbose and key == "cpu":
-            print("preset=auto: no CUDA device, using preset=cpu (small network, 64 px); "
+            print("preset=auto: no CUDA device, using preset=cpu (small network, 48 px); "
                   "pass -P preset=paper for the published settings", file=sys.stderr)
     return key, dict(PRESETS[key])

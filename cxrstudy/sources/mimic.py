@@ -23,7 +23,7 @@ import pandas as pd
 
 from ..errors import DataError
 from .base import find_file, read_csv, require_columns
-from .chexpert import CsvRealSource, assemble, csv_label_sources, join_root, label_columns, read_columns
+from .tabular import CsvRealSource, assemble, csv_label_sources, join_root, label_columns, read_columns
 
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv"
 NEGBIO_CSV = "mimic-cxr-2.0.0-negbio.csv"

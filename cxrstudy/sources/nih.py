@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..labels import DISEASES, add_any
 from .base import find_file, require_columns
-from .chexpert import CsvRealSource, assemble, join_root, read_columns
+from .tabular import CsvRealSource, assemble, join_root, read_columns
 
 CSV_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 REQUIRED = ("Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender")

@@ -28,7 +28,7 @@ import pandas as pd
 from ..errors import UsageError
 from ..labels import DISEASES, add_any
 from .base import find_file, require_columns
-from .chexpert import CsvRealSource, assemble, join_root, read_columns
+from .tabular import CsvRealSource, assemble, join_root, read_columns
 
 CSV_NAME = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 REQUIRED = ("ImageID", "ImageDir", "StudyDate_DICOM", "StudyID", "PatientID", "PatientBirth", "PatientSex_DICOM", "Projection", "Labels")
