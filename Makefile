@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	mlflow run . --env-manager local -e main
+	mlflow run . --env-manager local -e main -P workers=2
 
 bench: setup
 	mlflow run . --env-manager local -e benchmark

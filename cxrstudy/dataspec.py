@@ -116,7 +116,7 @@ DATA_PARAMS = {
     "data_root": "",
     "roots": "",
     "cache_dir": "",
-    "synthetic_patients": "1500",
+    "synthetic_patients": "3000",
     "shortcut_strength": "1.0",
     "synthetic_seed": "0",
 }

@@ -99,9 +99,12 @@ def run(run_name: str | None = None, *, tags: dict | None = None, nested: bool =
 
 
 def mark_synthetic(is_synthetic: bool) -> None:
-    """Tag the active run with its data kind; print a banner when the data is synthetic."""
+    """Tag the active run with its data kind; print a banner when the data is synthetic (once
+    per top-level run: nested runs of a study are tagged without repeating it)."""
     mlflow.set_tag("cxrstudy.synthetic", str(bool(is_synthetic)).lower())
-    if is_synthetic:
+    active = mlflow.active_run()
+    nested = active is not None and "mlflow.parentRunId" in active.data.tags
+    if is_synthetic and not nested:
         print(SYNTHETIC_BANNER, file=sys.stderr, flush=True)
 
 

@@ -80,8 +80,9 @@ def run_training(cfg: TrainConfig, *, force: bool = False, device: str = "auto",
                                                             "cxrstudy.reused_run": done.info.run_id,
                                                             "cxrstudy.reused_config_hash": h}):
                     tracking.mark_synthetic(cfg.data.is_synthetic)
-            print(f"already trained: run {done.info.run_id} ({result['model_uri']}); pass force=true to retrain",
-                  file=sys.stderr)
+            if progress:
+                print(f"already trained: run {done.info.run_id} ({result['model_uri']}); pass force=true to retrain",
+                      file=sys.stderr)
             return result
     ck_dir = checkpoint_dir(cfg)
     if force and ck_dir.exists():

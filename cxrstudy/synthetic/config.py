@@ -31,7 +31,7 @@ class SyntheticConfig:
         image, 1 = default difficulty, larger = easier).
     """
 
-    n_patients: int = 1500
+    n_patients: int = 3000
     shortcut_strength: float = 1.0
     seed: int = 0
     sign_strength: float = 1.0

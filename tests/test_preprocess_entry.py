@@ -1,0 +1,89 @@
+"""The preprocess entry point: statistics, cache inputs, skipped images, metadata mode."""
+
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from realdata_fixtures import make_data_root
+
+from cxrstudy.labels import LABELS
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "entrypoints"))
+import preprocess as preprocess_entry  # noqa: E402
+
+
+def _only_run():
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.`cxrstudy.entry` = 'preprocess'")
+    assert len(runs) == 1
+    return runs.iloc[0]
+
+
+def _stats(run_id):
+    return pd.read_csv(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="dataset_stats.csv"))
+
+
+def test_synthetic_preprocess_logs_stats_inputs_and_is_idempotent(store, capsys):
+    args = ["--envs", "CXP,nih", "--image_size", "32", "--synthetic_patients", "60"]
+    preprocess_entry.main(args)
+    out = capsys.readouterr()
+    assert "SYNTHETIC DATA" in out.err
+    row = _only_run()
+    assert row["status"] == "FINISHED" and row["tags.cxrstudy.synthetic"] == "true"
+    stats = _stats(row.run_id)
+    assert list(stats.columns) == ["env", "split", "label", "n", "positives", "prevalence"]
+    assert len(stats) == 2 * 3 * 9 and set(stats.label) == set(LABELS)
+    assert ((stats.positives / stats.n - stats.prevalence).abs() < 1e-12).all()
+    inputs = MlflowClient().get_run(row.run_id).inputs.dataset_inputs
+    assert {d.dataset.name for d in inputs} == {f"{e}-{s}-32px" for e in ("cxp", "nih") for s in ("train", "val", "test")}
+    assert "Dataset statistics" in out.out
+    cache_files = sorted(p.stat().st_mtime_ns for p in Path("cache").rglob("images.u8"))
+    preprocess_entry.main(args)  # same inputs: no image is decoded again
+    assert sorted(p.stat().st_mtime_ns for p in Path("cache").rglob("images.u8")) == cache_files
+
+
+def test_real_preprocess_lists_skipped_images(store, tmp_path):
+    data = make_data_root(tmp_path / "data")
+    preprocess_entry.main(["--source", "real", "--data_root", str(data["data_root"]), "--image_size", "24"])
+    row = _only_run()
+    skipped = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=row.run_id, artifact_path="skipped_images.csv"))
+    assert sorted(skipped.path) == sorted(data[e].truncated_path for e in ("mimic", "cxp", "nih", "pad"))
+    for e in ("mimic", "cxp", "nih", "pad"):
+        assert row[f"metrics.count/{e}/dropped_missing"] == data[e].dropped_missing
+    stats = _stats(row.run_id)
+    for e in ("mimic", "cxp", "nih", "pad"):
+        assert stats.loc[(stats.env == e) & (stats.label == "Any"), "n"].sum() == data[e].rows
+
+
+def test_metadata_mode_runs_without_images_and_says_mimic_is_absent(store, capsys):
+    preprocess_entry.main(["--source", "metadata"])
+    err = capsys.readouterr().err
+    assert "mimic skipped" in err
+    stats = _stats(_only_run().run_id)
+    assert set(stats.env) == {"cxp", "nih", "pad"}
+    assert stats.groupby("env")["n"].sum().loc["nih"] == 112120 * 9
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--envs", "cxp,charite"], "unknown hospital 'charite'"),
+    (["--source", "dicom"], "unknown source 'dicom'"),
+    (["--image_size", "huge"], "is not an integer"),
+    (["--source", "real"], "needs data_root"),
+    (["--shortcut_strength", "-1"], "out of range"),
+])
+def test_bad_parameters_exit_2_before_any_work(store, capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        preprocess_entry.main(args)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+    assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+def test_missing_data_folder_is_one_clear_error(store, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        preprocess_entry.main(["--source", "real", "--data_root", str(tmp_path / "nowhere"), "--envs", "nih"])
+    assert e.value.code == 1
+    assert "folder for hospital 'nih' not found" in capsys.readouterr().err
