@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-HOSPITALS = ("mimic", "cxp", "nih", "pad")
-LABELS = ("No Finding", "Atelectasis", "Cardiomegaly", "Effusion", "Pneumonia", "Pneumothorax", "Consolidation",
-          "Edema", "Any")
-BALANCES = ("none", "hospital_label", "size_matched")
+from cxrstudy.balancing import BALANCE_MODES as BALANCES  # noqa: E402
+from cxrstudy.hospitals import HOSPITALS  # noqa: E402
+from cxrstudy.labels import LABELS  # noqa: E402
+
 FAKE_TAG = "cxrstudy.fake"
 SEEDS = (0, 1, 2)
 

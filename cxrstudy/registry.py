@@ -22,8 +22,6 @@ from mlflow.tracking import MlflowClient
 
 from .errors import DataError
 
-ALIAS = "latest"
-
 
 def pip_requirements() -> list[str]:
     reqs = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import sys
 
@@ -85,10 +84,6 @@ def grid_cells(template: TrainConfig, settings: list[Setting], seeds: list[int])
                     seen.add(h)
                     cells.append(cfg)
     return cells
-
-
-def with_data(template: TrainConfig, **changes) -> TrainConfig:
-    return dataclasses.replace(template, data=dataclasses.replace(template.data, **changes))
 
 
 def run_main(template: TrainConfig, envs: list[str], labels: list[str], seeds: list[int], balances: list[str], *,

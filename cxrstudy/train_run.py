@@ -10,7 +10,6 @@ finally logs the best model and registers it (alias ``latest``).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -139,11 +138,3 @@ def _history(ck_dir: Path) -> list:
     if not last.is_file():
         return []
     return torch.load(last, map_location="cpu", weights_only=True)["state"]["history"]
-
-
-def model_threshold(run_id: str) -> float:
-    """The decision threshold chosen on validation by a training run."""
-    run = MlflowClient().get_run(run_id)
-    if "threshold" in run.data.metrics:
-        return float(run.data.metrics["threshold"])
-    return float(json.loads(run.data.tags.get("threshold", "0.5")))
