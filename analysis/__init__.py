@@ -104,10 +104,14 @@ def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *
         "synthetic": bool(settings["synthetic"].any()), "fake": bool(settings["fake"].any()),
         "dataset_stats": stats,
     }
-    if verbose:
-        print(format_headline(result), flush=True)
-    if log or (log is None and mlflow.active_run() is not None):
+    logged = bool(log or (log is None and mlflow.active_run() is not None))
+    if logged:
         log_results(result)
+    if verbose:
+        print(format_headline(result, report_path=not logged), flush=True)
+        if logged:
+            print(f"report: report.md among the artifacts of MLflow run {mlflow.active_run().info.run_id} "
+                  f"(`make ui`, then open that run)", flush=True)
     result["seconds"] = time.perf_counter() - t0
     result["timings"] = timings
     return result

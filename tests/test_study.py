@@ -1,13 +1,13 @@
 """The study end to end on tiny synthetic hospitals: main, resume, rerun, parallel workers."""
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import mlflow
+import psutil
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,21 +81,27 @@ def test_two_workers_through_a_local_server_lose_no_runs_and_resume_after_a_kill
                             start_new_session=True)
     killed = None
     deadline = time.monotonic() + 300
+    main_proc = psutil.Process(proc.pid)
     while killed is None and time.monotonic() < deadline and proc.poll() is None:
-        out = subprocess.run(["pgrep", "-f", "entrypoints/train.py"], capture_output=True, text=True).stdout.split()
-        # kill one training worker once it has logged at least one validation
-        for pid in out:
-            if runs("train").get("metrics.val/macro_f1") is not None and runs("train")["metrics.val/macro_f1"].notna().any():
-                os.kill(int(pid), signal.SIGKILL)
-                killed = int(pid)
-                break
-        time.sleep(0.5)
+        running = runs("train", "RUNNING")
+        # kill one of *this* study's training workers once a running cell has logged a validation
+        if "metrics.val/macro_f1" in running.columns and running["metrics.val/macro_f1"].notna().any():
+            for child in main_proc.children(recursive=True):
+                try:
+                    if any("entrypoints/train.py" in part for part in child.cmdline()):
+                        child.kill()
+                        killed = child.pid
+                        break
+                except psutil.NoSuchProcess:
+                    continue
+        time.sleep(0.3)
     log, _ = proc.communicate(timeout=900)
     assert killed is not None, log[-3000:]
     assert proc.returncode == 1, log[-3000:]  # the study reports the failed cell ...
     assert "training cells failed" in log
-    assert not any(p for p in subprocess.run(["pgrep", "-f", "mlflow server"], capture_output=True,
-                                              text=True).stdout.split())  # ... and stopped its server
+    servers = [p for p in psutil.process_iter(["cmdline"])
+               if "server" in (p.info["cmdline"] or []) and store in " ".join(p.info["cmdline"] or [])]
+    assert not servers  # ... and stopped the mlflow server it started
     # the killed cell's run is not FINISHED; the rerun completes the grid without duplicates
     out = subprocess.run(main_cmd("--max_steps", "300", "--eval_every", "20", "--workers", "2"), env=env,
                          capture_output=True, text=True, timeout=900)
