@@ -79,15 +79,13 @@ def load_trained(model_uri: str, *, data_root: str | None = None, cache_dir: str
 
     from mlflow.tracking import MlflowClient
 
-    from .registry import load_model, model_run_id, resolve_model_uri
+    from .registry import load_model
 
-    uri = resolve_model_uri(model_uri)
-    run_id = model_run_id(uri)
-    model = load_model(uri)
+    model, uri, run_id = load_model(model_uri)
     if run_id is None:
         raise DataError(f"model {uri}: cannot find the training run that produced it")
-    params = MlflowClient().get_run(run_id).data.params
-    metrics = MlflowClient().get_run(run_id).data.metrics
+    data = MlflowClient().get_run(run_id).data
+    params, metrics = data.params, data.metrics
     try:
         spec = DataSpec.from_dict(json.loads(params["cfg.data_spec"]), data_root=data_root, cache_dir=cache_dir)
         label, envs = params["cfg.label"], json.loads(params["cfg.envs"])

@@ -98,12 +98,14 @@ def model_run_id(uri: str) -> str | None:
         raise DataError(f"model {uri} does not exist in the registry at {mlflow.get_tracking_uri()}") from None
 
 
-def load_model(uri: str) -> torch.nn.Module:
-    """Load a logged classifier (eval mode, on the CPU); one clear error if it does not exist."""
+def load_model(uri: str) -> tuple[torch.nn.Module, str, str | None]:
+    """Load a logged classifier (eval mode, on the CPU); one clear error if it does not exist.
+
+    Returns (model, resolved URI, id of the training run behind it or None)."""
     uri = resolve_model_uri(uri)
-    model_run_id(uri)  # clear error for unknown names, aliases, versions
+    run_id = model_run_id(uri)  # clear error for unknown names, aliases, versions
     try:
         model = mlflow.pytorch.load_model(uri, map_location="cpu")
     except MlflowException as e:
         raise DataError(f"cannot load model {uri}: {str(e).splitlines()[0]}") from None
-    return model.eval()
+    return model.eval(), uri, run_id

@@ -96,9 +96,8 @@ def run_training(cfg: TrainConfig, *, force: bool = False, device: str = "auto",
         data = prepare_data(cfg, progress=progress)
         tracking.log_params({k.replace("/", "."): (round(v, 6) if isinstance(v, float) else v)
                              for k, v in data.counts.items()}, prefix="data.")
-        for e in cfg.envs:
-            log_entry_input(cfg.data.entry(e, "train", progress=False), context="train")
-            log_entry_input(cfg.data.entry(e, "val", progress=False), context="validation")
+        for (_, split), entry in data.entries.items():
+            log_entry_input(entry, context="train" if split == "train" else "validation")
         if (ck_dir / "last.pt").is_file():
             mlflow.set_tag("cxrstudy.resumed", "true")
 

@@ -45,6 +45,7 @@ class TrainData:
     pools: list[HospitalPool]
     val: EvalSet
     counts: dict = field(default_factory=dict)  # per-hospital counts/prevalence before and after balancing
+    entries: dict = field(default_factory=dict)  # (hospital, split) -> the CacheEntry the data came from
 
 
 def _label_of(entry, label):
@@ -86,7 +87,8 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
     pools = [HospitalPool(e, train_e[e].images(), train_e[e].index["slot"].to_numpy()[keep_t[e]], ty[e][keep_t[e]])
              for e in cfg.envs]
     val = eval_set({e: val_e[e] for e in cfg.envs}, cfg.label, keep=keep_v)
-    return TrainData(pools=pools, val=val, counts=counts)
+    entries = {**{(e, "train"): x for e, x in train_e.items()}, **{(e, "val"): x for e, x in val_e.items()}}
+    return TrainData(pools=pools, val=val, counts=counts, entries=entries)
 
 
 def eval_set(entries: dict, label: str, keep: dict | None = None) -> EvalSet:
