@@ -37,8 +37,25 @@ def random_affine(n: int, generator: torch.Generator, *, max_rotation: float = 1
     return theta.float()
 
 
+def sampling_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The ``(N, H, W, 2)`` grid of ``F.affine_grid(theta, (N, C, H, W), align_corners=False)``.
+
+    An affine map of a regular grid is separable: ``theta @ (x, y, 1)`` is a column term plus a
+    row term, so the grid is one broadcast add of an ``(N, 1, W, 2)`` and an ``(N, H, 1, 2)``
+    tensor. On the CPU this is about 3x faster than ``affine_grid``'s batched matrix product,
+    which was the most expensive part of augmenting a batch there.
+    """
+    n = theta.shape[0]
+    kw = {"dtype": theta.dtype, "device": theta.device}
+    xs = (torch.arange(width, **kw) * 2 + 1) / width - 1  # pixel centres, align_corners=False
+    ys = (torch.arange(height, **kw) * 2 + 1) / height - 1
+    cols = xs.view(1, 1, width, 1) * theta[:, :, 0].view(n, 1, 1, 2)
+    rows = torch.addcmul(theta[:, :, 2].view(n, 1, 1, 2), ys.view(1, height, 1, 1), theta[:, :, 1].view(n, 1, 1, 2))
+    return cols + rows
+
+
 def augment(x: torch.Tensor, generator: torch.Generator, **kw) -> torch.Tensor:
     """Augment a float batch ``(N, C, S, S)``; the output has the same shape and device."""
     theta = random_affine(x.shape[0], generator, **kw).to(x.device, non_blocking=True)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    grid = sampling_grid(theta.to(x.dtype), x.shape[2], x.shape[3])
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

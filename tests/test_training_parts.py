@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxrstudy.augment import augment, random_affine
+from cxrstudy.augment import augment, random_affine, sampling_grid
 from cxrstudy.balancing import hospital_label_balance, parse_balance, size_match
 from cxrstudy.batches import EqualShareBatches, HospitalPool, shares
 from cxrstudy.errors import DataError, UsageError
@@ -131,3 +131,14 @@ def test_pretrained_from_a_local_state_dict(tmp_path):
     torch.save({"junk": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(DataError, match="missing or mis-shaped"):
         build_model("resnet18", str(tmp_path / "bad.pth"))
+
+
+def test_sampling_grid_equals_affine_grid():
+    import torch.nn.functional as F
+
+    theta = random_affine(7, torch.Generator().manual_seed(3))
+    for h, w in ((224, 224), (31, 48)):
+        ref = F.affine_grid(theta, [7, 1, h, w], align_corners=False)
+        ours = sampling_grid(theta, h, w)
+        assert ours.shape == ref.shape
+        assert torch.allclose(ours, ref, atol=1e-6)
