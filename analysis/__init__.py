@@ -93,13 +93,16 @@ def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *
         timings["figures"] = time.perf_counter() - t
     files.update({p.name: p for p in figs.values()})
 
+    probe_lines, probe_numbers = _probe_section(ids, source, out, files, synthetic=bool(settings["synthetic"].any()),
+                                                figures=figures)
+
     from .report import write_report
 
     meta = {"experiment_ids": ids, "source": source, "n_runs": len(runs)}
-    files["report.md"] = write_report(settings, head, h2, stats, figs, out, meta=meta)
+    files["report.md"] = write_report(settings, head, h2, stats, figs, out, meta=meta, extra_sections=probe_lines)
     result = {
         "settings": settings, "headline": head, "hypothesis2": h2, "hypothesis2_summary": hypothesis2_summary(h2),
-        "metrics": as_metrics(head, h2), "files": files, "figures": figs, "report": files["report.md"],
+        "metrics": {**as_metrics(head, h2), **probe_numbers}, "files": files, "figures": figs, "report": files["report.md"],
         "out_dir": out, "experiment_ids": ids, "source": source, "n_runs": len(runs),
         "synthetic": bool(settings["synthetic"].any()), "fake": bool(settings["fake"].any()),
         "dataset_stats": stats,
@@ -115,6 +118,22 @@ def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *
     result["seconds"] = time.perf_counter() - t0
     result["timings"] = timings
     return result
+
+
+def _probe_section(ids, source, out: Path, files: dict, *, synthetic: bool, figures: bool):
+    """The probe table, figure and report lines when the experiments hold probe runs (else nothing)."""
+    from .probes import probe_figure, probe_metrics, probe_runs, probe_summary, report_section
+
+    runs = probe_runs(ids, source)
+    if runs.empty:
+        return [], {}
+    summary = probe_summary(runs)
+    files["probe_summary.csv"] = out / "probe_summary.csv"
+    summary.to_csv(files["probe_summary.csv"], index=False)
+    fig = probe_figure(runs, out / "probe_accuracy.png", synthetic=synthetic) if figures else None
+    if fig is not None:
+        files[fig.name] = fig
+    return report_section(summary, fig.name if fig is not None else None), probe_metrics(summary)
 
 
 def format_headline(result: dict, report_path: bool = True) -> str:

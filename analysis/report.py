@@ -166,11 +166,13 @@ def _h2_section(h2: pd.DataFrame | None) -> list[str]:
 
 
 def write_report(settings: pd.DataFrame, headline: dict, h2: pd.DataFrame | None, dataset_stats: pd.DataFrame | None,
-                 figures: dict | list | None, out_dir, *, meta: dict | None = None) -> Path:
+                 figures: dict | list | None, out_dir, *, meta: dict | None = None,
+                 extra_sections: list[str] | None = None) -> Path:
     """Write ``out_dir/report.md`` and return its path.
 
     ``figures``: {name: path} or a list of paths (embedded by path relative to ``out_dir``);
-    ``meta`` (optional): ``experiment_ids``, ``source``, ``n_runs`` for the provenance line.
+    ``meta`` (optional): ``experiment_ids``, ``source``, ``n_runs`` for the provenance line;
+    ``extra_sections``: markdown lines placed before the settings table (e.g. the probe section).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,6 +213,7 @@ def write_report(settings: pd.DataFrame, headline: dict, h2: pd.DataFrame | None
             cap = next((c for k, c in captions.items() if stem.startswith(k)), "")
             lines += [f"![{stem}]({rel})", "", f"*{stem}*: {cap}", ""]
 
+    lines += list(extra_sections or [])
     lines += ["## Settings", ""]
     if len(settings):
         lines += [md_table(_settings_table(settings, len(sources) > 1)), ""]
