@@ -87,13 +87,14 @@ def grid_cells(template: TrainConfig, settings: list[Setting], seeds: list[int])
 
 
 def run_main(template: TrainConfig, envs: list[str], labels: list[str], seeds: list[int], balances: list[str], *,
-             workers: int = 1, n_bootstrap: int = 1000, device: str = "auto", progress: bool = True) -> dict:
-    """The whole study as nested runs under one parent: preprocess, training grid, comparisons, analysis."""
-    from pathlib import Path
-
-    from .grid import run_cells
+             workers: int = 1, n_bootstrap: int = 1000, device: str = "auto", progress: bool = True,
+             probe: bool = False, launcher=None) -> dict:
+    """The whole study as nested runs under one parent: preprocess, training grid, comparisons, analysis.
+    ``launcher`` (:mod:`cxrstudy.launchers`) decides where the grid trains; default: locally."""
+    from .launchers import Launcher
     from .preprocess import tracked_preprocess
-    from .server import local_server
+
+    launcher = launcher or Launcher("local")
 
     settings = grid_settings(envs, labels, balances)
     cells = grid_cells(template, settings, seeds)
@@ -101,35 +102,46 @@ def run_main(template: TrainConfig, envs: list[str], labels: list[str], seeds: l
         pid = parent.info.run_id
         tracking.mark_synthetic(template.data.is_synthetic)
         tracking.log_params({"envs": ",".join(envs), "labels": ",".join(labels), "seeds": ",".join(map(str, seeds)),
-                             "balances": ",".join(balances), "workers": workers, "n_settings": len(settings),
+                             "balances": ",".join(balances), "workers": workers, "launcher": launcher.name,
+                             "n_settings": len(settings),
                              "n_training_cells": len(cells)}, prefix="cfg.")
         print(f"study: {len(envs)} hospitals, {len(labels)} labels, {len(seeds)} seed(s), balance {balances}: "
               f"{len(settings)} settings, {len(cells)} models", file=sys.stderr)
         tracked_preprocess(template.data, envs, nested=True, progress=progress)
         uri = mlflow.get_tracking_uri()
         exp_id = parent.info.experiment_id
-        if workers > 1 and uri.startswith("sqlite:"):
-            db = Path(uri.split("sqlite:///", 1)[1])
-            with local_server(uri, db.parent / "mlartifacts") as url:
-                mlflow.set_tracking_uri(url)
-                try:
-                    run_cells(cells, workers=workers, parent_run_id=pid, device=device, tracking_uri=url,
-                              experiment_id=exp_id, progress=progress)
-                finally:
-                    mlflow.set_tracking_uri(uri)
-        else:
-            run_cells(cells, workers=workers, parent_run_id=pid, device=device, tracking_uri=uri,
-                      experiment_id=exp_id, progress=progress)
+        launcher.run(cells, workers=workers, parent_run_id=pid, experiment_id=exp_id, tracking_uri=uri,
+                     device=device, progress=progress)
         results = []
         for st in tqdm(settings, desc="comparisons", unit="setting", disable=not progress):
             results.append(run_compare(st, template, seeds, n_bootstrap=n_bootstrap, device=device,
                                        parent_run_id=pid, progress=False))
+        if probe:
+            run_probes_for(cells, envs, device=device, parent_run_id=pid, progress=progress)
         from analysis import run_analysis
 
         with tracking.run(run_name="analyze", nested=True, tags={"cxrstudy.entry": "analyze"}):
             summary = run_analysis(experiment_ids=[exp_id], source=template.data.source)
         mlflow.log_metrics({k: v for k, v in _flat_headline(summary).items()})
     return {"run_id": pid, "settings": results, "analysis": summary}
+
+
+def run_probes_for(cells: list[TrainConfig], envs: list[str], *, device: str = "auto",
+                   parent_run_id: str | None = None, progress: bool = True) -> list[dict]:
+    """A hospital-identifiability probe run (on ``envs``' test images) for each trained cell's model."""
+    from .probe_run import run_probe
+    from .train_run import find_finished
+
+    out = []
+    for cfg in tqdm(cells, desc="probes", unit="model", disable=not progress):
+        run = find_finished(cfg.content_hash())
+        if run is None:  # cannot happen after a complete grid; say so rather than crash
+            print(f"probe: no FINISHED training run for {cfg.model_name()} seed {cfg.seed}; skipped", file=sys.stderr)
+            continue
+        uri = f"models:/{run.data.tags['registered_model']}/{run.data.tags['registered_version']}"
+        out.append(run_probe(uri, envs, device=device, data_root=cfg.data.data_root, cache_dir=cfg.data.cache_dir,
+                             parent_run_id=parent_run_id, progress=False))
+    return out
 
 
 def _flat_headline(summary: dict) -> dict:

@@ -4,7 +4,9 @@
     mlflow run . -e main -P source=real -P data_root=/data -P envs=all -P labels=all -P seeds=0,1,2 -P preset=paper
 
 Preprocess, the training grid (single-hospital, two-hospital and balanced two-hospital models),
-every comparison, then the analysis, as nested MLflow runs under one parent. Resumable: run it
+every comparison, then the analysis, as nested MLflow runs under one parent. With ``-P probe=true``
+every trained model also gets a hospital-identifiability probe run (on the study's hospitals),
+and the analysis report gains a probe table and figure. Resumable: run it
 again and only unfinished cells are redone.
 """
 
@@ -17,16 +19,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxrstudy import cli  # noqa: E402
 from cxrstudy.config import TRAIN_PARAMS  # noqa: E402
+from cxrstudy.launchers import LAUNCHER_PARAMS  # noqa: E402
 
 PARAMS = {
     "envs": "cxp,nih,pad",
     "labels": "Effusion,Cardiomegaly",
     "seeds": "0",
     "balances": "none,hospital_label",
-    "workers": "1",
+    "workers": "auto",
     "n_bootstrap": "1000",
+    "probe": "false",
     **{k: v for k, v in TRAIN_PARAMS.items() if k not in ("envs", "label", "seed", "balance", "force",
                                                           "parent_run_id")},
+    **LAUNCHER_PARAMS,
 }
 
 
@@ -40,7 +45,9 @@ def main(argv=None) -> None:
         from cxrstudy.errors import UsageError
         from cxrstudy.hospitals import parse_envs
         from cxrstudy.labels import parse_labels
-        from cxrstudy.params import as_int, as_int_list
+        from cxrstudy.launchers import launcher_from_params
+        from cxrstudy.launchers.local import resolve_workers
+        from cxrstudy.params import as_bool, as_int, as_int_list
         from cxrstudy.study import run_main
         from cxrstudy.trainer import pick_device
 
@@ -55,12 +62,15 @@ def main(argv=None) -> None:
                 balances.append(parse_balance(b))
         if not balances:
             raise UsageError("parameter balances is empty; expected e.g. none,hospital_label")
-        workers = as_int("workers", raw["workers"], lo=1, hi=256)
+        workers = resolve_workers(raw["workers"])  # auto: one per visible GPU
+        launcher = launcher_from_params(raw)
         n_boot = as_int("n_bootstrap", raw["n_bootstrap"], lo=10, hi=100000)
+        probe = as_bool("probe", raw["probe"])
         template = config_from_params({**raw, "envs": envs[0], "label": labels[0], "seed": "0", "balance": "none"})
         pick_device(raw["device"])
-        tracking.setup()
-        run_main(template, envs, labels, seeds, balances, workers=workers, n_bootstrap=n_boot, device=raw["device"])
+        launcher.check(tracking.setup())
+        run_main(template, envs, labels, seeds, balances, workers=workers, n_bootstrap=n_boot, device=raw["device"],
+                 probe=probe, launcher=launcher)
 
     cli.run(body)
 

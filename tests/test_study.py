@@ -47,7 +47,7 @@ def test_main_through_mlflow_run_then_rerun_is_a_no_op(store):
     for k, v in zip(TINY[::2], TINY[1::2]):
         params += ["-P", f"{k[2:]}={v}"]
     cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "-e", "main",
-           "-P", "max_steps=6", "-P", "eval_every=3", *params]
+           "-P", "max_steps=6", "-P", "eval_every=3", "-P", "probe=true", *params]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     check_grid_done_once()
@@ -56,12 +56,14 @@ def test_main_through_mlflow_run_then_rerun_is_a_no_op(store):
     pid = parent.run_id.iloc[0]
     children = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`mlflow.parentRunId` = '{pid}'")
     entries = set(children["tags.cxrstudy.entry"])
-    assert {"preprocess", "train", "compare", "analyze"} <= entries
+    assert {"preprocess", "train", "compare", "analyze", "probe"} <= entries
+    probes = runs("probe", "FINISHED")  # -P probe=true: one probe run per trained model
+    assert len(probes) == 4 and probes["tags.train_run_id"].is_unique
     analysis = runs("analyze", "FINISHED")
     assert "metrics.analysis/hurt_fraction" in analysis.columns and "metrics.analysis/balanced/hurt_fraction" in analysis.columns
     art = MlflowClient().list_artifacts(analysis.run_id.iloc[0])
     names = {a.path for a in art}
-    assert {"settings.csv", "report.md"} <= names and any(n.endswith(".png") for n in names)
+    assert {"settings.csv", "report.md", "probe_summary.csv"} <= names and any(n.endswith(".png") for n in names)
     assert "adding a second hospital" in out.stdout.lower() or "wga" in out.stdout.lower()
 
     # run again: nothing is trained or compared again, and it is quick
