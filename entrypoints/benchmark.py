@@ -35,6 +35,9 @@ def main(argv=None) -> None:
             figs = bench.run_all(size)
             mlflow.log_metrics({f.name: f.value for f in figs})
             lines = [f.line() for f in figs]
+            if not any(f.name.startswith("bench/gpu_") for f in figs):
+                lines.append("SKIP  bench/gpu_train_images_per_s, bench/gpu_model_only_images_per_s: "
+                             "no CUDA device on this machine (they run only on a GPU)")
             print("\n".join(lines))
             out = Path(raw["results"])
             if size == "full" and out.name:
