@@ -31,6 +31,7 @@ TRAIN_PARAMS = {
     "max_steps": "",
     "eval_every": "",
     "patience": "",
+    "augment_strength": "",
     "device": "auto",
     "force": "false",
     "parent_run_id": "",
@@ -66,6 +67,8 @@ class TrainConfig:
     max_steps: int = 600
     eval_every: int = 50
     patience: int = 5
+    #: 1 = the paper's augmentation (flip, rotation up to 10 degrees, crop area 0.75..1), 0 = none
+    augment_strength: float = 1.0
 
     def __post_init__(self):
         if self.balance not in BALANCE_MODES:
@@ -91,6 +94,8 @@ class TrainConfig:
         """Hash of everything that determines the trained model (not the preset's name)."""
         d = self.to_dict()
         d.pop("preset")
+        if d["augment_strength"] == 1.0:  # the default: hashes (and reuse) of runs from before the field existed hold
+            d.pop("augment_strength")
         d["version"] = CONFIG_VERSION
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -126,6 +131,7 @@ def config_from_params(raw: dict) -> TrainConfig:
         max_steps=as_int("max_steps", pick("max_steps"), lo=1),
         eval_every=as_int("eval_every", pick("eval_every"), lo=1),
         patience=as_int("patience", pick("patience"), lo=1),
+        augment_strength=as_float("augment_strength", pick("augment_strength"), lo=0.0, hi=3.0),
     )
 
 
@@ -141,7 +147,8 @@ def config_to_params(cfg: TrainConfig) -> dict[str, str]:
         "preset": cfg.preset, "backbone": cfg.backbone, "pretrained": cfg.pretrained,
         "image_size": str(d.image_size), "lr": repr(cfg.lr), "weight_decay": repr(cfg.weight_decay),
         "batch_size": str(cfg.batch_size), "max_steps": str(cfg.max_steps), "eval_every": str(cfg.eval_every),
-        "patience": str(cfg.patience), "source": d.source, "data_root": d.data_root or "",
+        "patience": str(cfg.patience), "augment_strength": repr(cfg.augment_strength),
+        "source": d.source, "data_root": d.data_root or "",
         "roots": ",".join(f"{e}={p}" for e, p in d.roots), "cache_dir": d.cache_dir,
         "synthetic_patients": str(d.synthetic.n_patients), "shortcut_strength": repr(d.synthetic.shortcut_strength),
         "synthetic_seed": str(d.synthetic.seed),

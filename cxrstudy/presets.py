@@ -23,6 +23,7 @@ PRESETS: dict[str, dict] = {
         "max_steps": 20000,
         "eval_every": 500,
         "patience": 10,
+        "augment_strength": 1.0,
     },
     "cpu": {
         "backbone": "smallcnn",
@@ -34,6 +35,7 @@ PRESETS: dict[str, dict] = {
         "max_steps": 400,
         "eval_every": 50,
         "patience": 4,
+        "augment_strength": 1.0,
     },
 }
 PRESET_NAMES = ("auto",) + tuple(PRESETS)

@@ -102,6 +102,21 @@ def eval_set(entries: dict, label: str, keep: dict | None = None) -> EvalSet:
     return EvalSet(images=images, frame=pd.concat(frames, ignore_index=True))
 
 
+def augment_kwargs(strength: float) -> dict | None:
+    """:func:`augment`'s keyword arguments for augmentation strength ``s`` (``None``: no augmentation).
+
+    ``s = 1`` is the paper's augmentation (flip p=0.5, rotation up to 10 degrees, crop area 0.75..1,
+    aspect 3/4..4/3); rotation grows as 10*s degrees, the crop's smallest area as 1 - 0.25*s (at
+    least 0.1), the aspect range as (4/3)**s, and the flip probability as 0.5*min(s, 1).
+    """
+    s = float(strength)
+    if s <= 0:
+        return None
+    r = (4 / 3) ** s
+    return {"max_rotation": 10.0 * s, "scale": (max(0.1, 1.0 - 0.25 * s), 1.0), "ratio": (1 / r, r),
+            "flip_p": 0.5 * min(s, 1.0)}
+
+
 def pick_device(name: str = "auto") -> torch.device:
     name = str(name).strip().lower()
     if name == "auto":
@@ -206,6 +221,7 @@ def train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, chec
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {'+'.join(cfg.envs)} {cfg.label}", unit="step",
                disable=not progress, dynamic_ncols=True)
     t0, seen = time.perf_counter(), 0
+    aug = augment_kwargs(cfg.augment_strength)
     try:
         while step < cfg.max_steps and not stopped:
             model.train()
@@ -213,7 +229,8 @@ def train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, chec
             assert b_step == step
             x = _prepare_input(x_u8, device)
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-            x = augment(x, gen)
+            if aug is not None:
+                x = augment(x, gen, **aug)
             with _autocast(device):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y.to(device, non_blocking=True))

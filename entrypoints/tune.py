@@ -1,0 +1,38 @@
+"""tune: search lr, weight decay, batch size and augmentation strength with Optuna; every trial is
+an MLflow run nested under the study's parent run.
+
+    mlflow run . --env-manager local -e tune -P envs=cxp,nih -P label=effusion -P n_trials=20
+
+Start the same command on several machines (or several times on one) with a shared
+-P storage=postgresql://user:password@host/db (or journal:<path> on a shared disk) and they split
+the study's trials; run it again to resume or, with a larger n_trials, to extend it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cxrstudy import cli  # noqa: E402
+from cxrstudy.tuning import TUNE_PARAMS as PARAMS  # noqa: E402
+
+
+def main(argv=None) -> None:
+    raw = cli.parse(PARAMS, argv, prog="tune", doc=__doc__)
+
+    def body():
+        from cxrstudy import tracking
+        from cxrstudy.trainer import pick_device
+        from cxrstudy.tuning import run_tune, tune_from_params
+
+        settings = tune_from_params(raw, tracking.tracking_uri())
+        pick_device(settings.device)  # a clear error before any work
+        run_tune(settings)
+
+    cli.run(body)
+
+
+if __name__ == "__main__":
+    main()
