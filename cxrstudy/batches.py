@@ -120,4 +120,9 @@ class Prefetcher:
 
     def close(self) -> None:
         self._stop.set()
+        try:  # free a slot so that a worker blocked on a full queue sees the stop at once
+            while True:
+                self._q.get_nowait()
+        except queue.Empty:
+            pass
         self._thread.join(timeout=5)

@@ -142,3 +142,22 @@ def test_sampling_grid_equals_affine_grid():
         ours = sampling_grid(theta, h, w)
         assert ours.shape == ref.shape
         assert torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_chunked_cpu_augment_equals_one_whole_batch_resample():
+    import torch.nn.functional as F
+
+    from cxrstudy import augment as aug
+
+    x = torch.rand(40, 1, 224, 224)
+    out = augment(x, torch.Generator().manual_seed(5))  # 16-image chunks on the CPU
+    theta = random_affine(40, torch.Generator().manual_seed(5))
+    ref = F.grid_sample(x, sampling_grid(theta, 224, 224), mode="bilinear", padding_mode="zeros",
+                        align_corners=False)
+    assert aug.CPU_CHUNK_PIXELS // (224 * 224) < 40  # the chunked path ran
+    assert torch.equal(out, ref)
+    # and the same as torchvision-style affine_grid, up to float rounding of the coordinates
+    # (2.4e-7 in normalised units, times a gradient of up to ~112 per unit at 224 px)
+    via_affine_grid = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), mode="bilinear",
+                                    padding_mode="zeros", align_corners=False)
+    assert (out - via_affine_grid).abs().max() < 1e-4
