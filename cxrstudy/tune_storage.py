@@ -86,10 +86,25 @@ def parse_storage(value: str, tracking_uri: str) -> StorageSpec:
             raise UsageError(f"parameter storage={value!r} is not a valid database URL ({e})") from None
         if scheme == "sqlite" and not v.startswith("sqlite:///"):
             raise UsageError(f"parameter storage={value!r}: a SQLite URL is sqlite:///<path>")
-        return StorageSpec("rdb", v)
+        return StorageSpec("rdb", with_installed_driver(v))
     raise UsageError(
         f"parameter storage={value!r} is not understood; expected journal:<path> (a journal file), "
         "sqlite:///<path> or postgresql://user:password@host/db")
+
+
+def with_installed_driver(url: str) -> str:
+    """``postgresql://`` (or ``postgres://``) without a driver -> ``postgresql+psycopg2://`` when
+    psycopg 3 is not installed: SQLAlchemy 2.1 picks psycopg 3 for a bare ``postgresql://``, and
+    this package installs psycopg2. A URL that names its driver is left as it is."""
+    head, sep, rest = url.partition("://")
+    if not sep or "+" in head or head.lower() not in ("postgresql", "postgres"):
+        return url
+    try:
+        import psycopg  # noqa: F401
+
+        return f"postgresql://{rest}"
+    except ImportError:
+        return f"postgresql+psycopg2://{rest}"
 
 
 class HeartbeatJournalStorage(JournalStorage, BaseHeartbeat):

@@ -102,6 +102,10 @@ def test_storage_urls(tmp_path):
     assert parse_storage(f"sqlite:///{tmp_path}/optuna.db", local).kind == "rdb"
     pg = parse_storage("postgresql://me:secret@db.example:5432/optuna", local)
     assert pg.kind == "rdb" and "secret" not in pg.display() and "db.example" in pg.display()
+    assert pg.target.startswith(("postgresql+psycopg2://", "postgresql://"))  # a driver that is installed
+    assert parse_storage("postgres://me@db/optuna", local).target.split("://")[0] in ("postgresql+psycopg2",
+                                                                                      "postgresql")
+    assert parse_storage("postgresql+psycopg2://me@db/o", local).target == "postgresql+psycopg2://me@db/o"
     with pytest.raises(UsageError, match="sqlite:///<path>"):
         parse_storage("sqlite://relative.db", local)
     with pytest.raises(UsageError, match="is a directory"):
@@ -299,3 +303,18 @@ def test_two_processes_share_one_study(store, tmp_path):
         assert "param_importances.png" in {a.path for a in client.list_artifacts(parent.info.run_id)}
         best = Path(client.download_artifacts(parent.info.run_id, "best_params.json", str(tmp_path)))
         assert json.loads(best.read_text())["best_trial"] == study.best_trial.number
+
+
+def test_one_study_on_a_real_postgresql_storage(store):
+    """``storage=postgresql://...`` (no driver named, as users write it) against a live server."""
+    from cluster_fixtures import pg_bin, postgres_server, require_or_skip
+
+    require_or_skip("PostgreSQL storage test", [f"postgres {c}" for c in ("initdb", "pg_ctl") if pg_bin(c) is None])
+    with postgres_server() as url:  # postgresql+psycopg2://cxr@127.0.0.1:<port>/mlflow
+        plain = "postgresql://" + url.split("://", 1)[1]
+        s = settings(store, storage=plain, n_trials=2)
+        out = run_tune(s, progress=False)
+        study = optuna.load_study(study_name=s.study_name, storage=s.storage.target)
+        done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        assert len(done) == 2 and out["parent_run_id"] == study.user_attrs[PARENT_ATTR]
+        assert len(tune_runs(MlflowClient(), "tune_trial")) == 2
