@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .trainer import _autocast, _prepare_input, eval_set
+from .trainer import _autocast, eval_batches, eval_set
 
 
 @torch.no_grad()
@@ -30,19 +30,14 @@ def extract_embeddings(model: torch.nn.Module, entries: dict, label: str, device
     model = model.to(device).eval()
     n = len(es.frame)
     out: np.ndarray | None = None
-    k = 0
     bar = tqdm(total=n, desc="embeddings", unit="img", disable=not progress, dynamic_ncols=True)
-    for images, slots in es.images:
-        for i in range(0, len(slots), batch_size):
-            s = slots[i:i + batch_size]
-            x = _prepare_input(torch.from_numpy(np.ascontiguousarray(images[s])).unsqueeze(1), device)
-            with _autocast(device):
-                z = model.embed(x).float().cpu().numpy()
-            if out is None:
-                out = np.empty((n, z.shape[1]), dtype=np.float32)
-            out[k:k + len(s)] = z
-            k += len(s)
-            bar.update(len(s))
+    for k, x in eval_batches(es, device, batch_size):
+        with _autocast(device):
+            z = model.embed(x).float().cpu().numpy()
+        if out is None:
+            out = np.empty((n, z.shape[1]), dtype=np.float32)
+        out[k:k + len(z)] = z
+        bar.update(len(z))
     bar.close()
     if out is None:
         out = np.zeros((0, getattr(model, "embed_dim", 0)), dtype=np.float32)

@@ -32,13 +32,6 @@ def probe_key(train_run_id: str, envs: list[str], seed: int, min_per_class: int)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def find_finished_probe(key: str):
-    runs = MlflowClient().search_runs([tracking.current_experiment_id()],
-                                      f"tags.`{PROBE_KEY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
-                                      order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
-
-
 def run_probe(model_uri: str, envs: list[str], *, seed: int = 0, min_per_class: int = MIN_PER_CLASS,
               device: str = "auto", data_root: str | None = None, cache_dir: str | None = None,
               parent_run_id: str | None = None, force: bool = False, progress: bool = True) -> dict:
@@ -50,7 +43,7 @@ def run_probe(model_uri: str, envs: list[str], *, seed: int = 0, min_per_class: 
     trained = load_trained(model_uri, data_root=data_root, cache_dir=cache_dir)
     key = probe_key(trained.run_id, envs, seed, min_per_class)
     if not force:
-        done = find_finished_probe(key)
+        done = tracking.find_finished(PROBE_KEY_TAG, key)
         if done is not None:
             if progress:
                 print(f"already probed: run {done.info.run_id} ({trained.uri} on {','.join(envs)})", file=sys.stderr)

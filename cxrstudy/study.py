@@ -6,7 +6,6 @@ import itertools
 import sys
 
 import mlflow
-from mlflow.tracking import MlflowClient
 
 from . import tracking
 from .comparison import Setting, compare, compare_key, pair_config, single_config
@@ -18,13 +17,6 @@ from tqdm.auto import tqdm
 COMPARE_TAG = "cxrstudy.compare_key"
 
 
-def find_finished_compare(key: str):
-    runs = MlflowClient().search_runs([tracking.current_experiment_id()],
-                                      f"tags.`{COMPARE_TAG}` = '{key}' and attributes.status = 'FINISHED'",
-                                      order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
-
-
 def run_compare(setting: Setting, template: TrainConfig, seeds: list[int], *, n_bootstrap: int = 1000,
                 device: str = "auto", force: bool = False, parent_run_id: str | None = None,
                 progress: bool = True) -> dict:
@@ -33,7 +25,7 @@ def run_compare(setting: Setting, template: TrainConfig, seeds: list[int], *, n_
     pair_h = [pair_config(template, setting, s).content_hash() for s in seeds]
     key = compare_key(setting, seeds, single_h, pair_h, n_bootstrap)
     if not force:
-        done = find_finished_compare(key)
+        done = tracking.find_finished(COMPARE_TAG, key)
         if done is not None:
             return {"run_id": done.info.run_id, "reused": True,
                     **{k.split("/", 1)[1]: v for k, v in done.data.metrics.items() if k.startswith("compare/")}}
@@ -138,9 +130,9 @@ def run_probes_for(cells: list[TrainConfig], envs: list[str], *, device: str = "
         if run is None:  # cannot happen after a complete grid; say so rather than crash
             print(f"probe: no FINISHED training run for {cfg.model_name()} seed {cfg.seed}; skipped", file=sys.stderr)
             continue
-        uri = f"models:/{run.data.tags['registered_model']}/{run.data.tags['registered_version']}"
-        out.append(run_probe(uri, envs, device=device, data_root=cfg.data.data_root, cache_dir=cfg.data.cache_dir,
-                             parent_run_id=parent_run_id, progress=False))
+        # a training run id resolves to the model version it registered (registry.resolve_model_uri)
+        out.append(run_probe(run.info.run_id, envs, device=device, data_root=cfg.data.data_root,
+                             cache_dir=cfg.data.cache_dir, parent_run_id=parent_run_id, progress=False))
     return out
 
 

@@ -78,6 +78,17 @@ def current_experiment_id() -> str:
     return _get_experiment_id()  # honours set_experiment and MLFLOW_EXPERIMENT_NAME, else Default
 
 
+def find_finished(tag: str, value: str):
+    """The newest FINISHED run of the current experiment whose ``tag`` equals ``value``, or None
+    (how compare and probe reuse work already done)."""
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient().search_runs([current_experiment_id()],
+                                      f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
 @contextmanager
 def run(run_name: str | None = None, *, tags: dict | None = None, nested: bool = False, parent_run_id=None,
         log_system_metrics: bool | None = None):

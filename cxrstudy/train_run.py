@@ -24,7 +24,7 @@ from .config import TrainConfig
 from .dataspec import log_entry_input
 from .models import build_model
 from .registry import log_and_register
-from .trainer import pick_device, prepare_data, train_model
+from .trainer import pick_device, prepare_data, train_model, validation_metrics
 
 HASH_TAG = "cxrstudy.config_hash"
 
@@ -102,16 +102,13 @@ def run_training(cfg: TrainConfig, *, force: bool = False, device: str = "auto",
             mlflow.set_tag("cxrstudy.resumed", "true")
 
         def on_eval(step, m):
-            mlflow.log_metrics({f"val/{k}": v for k, v in m.items() if k != "train_loss"} |
-                               {"train/loss": m["train_loss"]}, step=step)
+            mlflow.log_metrics(validation_metrics(m), step=step)
 
         resumed_history = _history(ck_dir)
         for rec in resumed_history:  # a resumed run carries the whole validation history
             on_eval(rec["step"], {k: v for k, v in rec.items() if k != "step"})
         out = train_model(cfg, data, device=dev, checkpoint_dir=ck_dir, on_eval=on_eval, progress=progress)
-        mlflow.log_metrics({"best_step": out.best_step, "val/best_macro_f1": out.best_score,
-                            "threshold": out.threshold, "last_step": out.last_step,
-                            "stopped_early": float(out.stopped_early), "train/images_per_s": out.images_per_s})
+        mlflow.log_metrics(out.metrics())
         mlflow.set_tag("threshold", f"{out.threshold:.2f}")
         model = build_model(cfg.backbone, "none")
         model.load_state_dict(out.best_state)

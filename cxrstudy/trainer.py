@@ -139,6 +139,17 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+def eval_batches(es: EvalSet, device: torch.device, batch_size: int = 256):
+    """``(k, x)`` for each batch of the eval set in frame order: ``k`` the batch's first row,
+    ``x`` the model input on ``device``. Images are read from the memmap one batch at a time."""
+    k = 0
+    for images, slots in es.images:
+        for i in range(0, len(slots), batch_size):
+            s = slots[i:i + batch_size]
+            yield k, _prepare_input(torch.from_numpy(np.ascontiguousarray(images[s])).unsqueeze(1), device)
+            k += len(s)
+
+
 @torch.no_grad()
 def predict_scores(model: torch.nn.Module, es: EvalSet, device: torch.device, batch_size: int = 256,
                    with_loss: bool = False):
@@ -146,19 +157,14 @@ def predict_scores(model: torch.nn.Module, es: EvalSet, device: torch.device, ba
     model.eval()
     scores, losses = [], []
     ys = torch.tensor(es.frame["y_true"].to_numpy(), dtype=torch.long)
-    k = 0
-    for images, slots in es.images:
-        for i in range(0, len(slots), batch_size):
-            s = slots[i:i + batch_size]
-            x = _prepare_input(torch.from_numpy(np.ascontiguousarray(images[s])).unsqueeze(1), device)
-            with _autocast(device):
-                logits = model(x).float()
-            if with_loss:
-                losses.append(F.cross_entropy(logits, ys[k:k + len(s)].to(device), reduction="sum").item())
-            scores.append(torch.softmax(logits, 1)[:, 1].cpu())
-            k += len(s)
+    for k, x in eval_batches(es, device, batch_size):
+        with _autocast(device):
+            logits = model(x).float()
+        if with_loss:
+            losses.append(F.cross_entropy(logits, ys[k:k + len(x)].to(device), reduction="sum").item())
+        scores.append(torch.softmax(logits, 1)[:, 1].cpu())
     out = torch.cat(scores).numpy().astype(np.float64) if scores else np.zeros(0)
-    return (out, sum(losses) / max(k, 1)) if with_loss else out
+    return (out, sum(losses) / max(len(ys), 1)) if with_loss else out
 
 
 def validate(model, es: EvalSet, device) -> dict:
@@ -179,6 +185,17 @@ class TrainOutcome:
     stopped_early: bool
     history: list
     images_per_s: float
+
+    def metrics(self) -> dict:
+        """What a tracked run logs about the finished training (train and tune alike)."""
+        return {"best_step": self.best_step, "val/best_macro_f1": self.best_score, "threshold": self.threshold,
+                "last_step": self.last_step, "stopped_early": float(self.stopped_early),
+                "train/images_per_s": self.images_per_s}
+
+
+def validation_metrics(m: dict) -> dict:
+    """The metrics one validation step logs: ``val/*`` and ``train/loss`` (train and tune alike)."""
+    return {f"val/{k}": v for k, v in m.items() if k != "train_loss"} | {"train/loss": m["train_loss"]}
 
 
 def _atomic_save(obj, path: Path) -> None:

@@ -522,7 +522,7 @@ class StudyWorker:
     def _train(self, trial: optuna.Trial, cfg: TrainConfig, values: dict, rid: str) -> tuple[float, int]:
         from mlflow.entities import Metric, Param
 
-        from .trainer import train_model
+        from .trainer import train_model, validation_metrics
 
         client = self.client
 
@@ -538,8 +538,7 @@ class StudyWorker:
 
         def on_eval(step: int, m: dict) -> None:
             value = tracker.update(step, m)
-            ms = {f"val/{k}": v for k, v in m.items() if k != "train_loss"} | \
-                 {"train/loss": m["train_loss"], "tune/objective": value}
+            ms = validation_metrics(m) | {"tune/objective": value}
             client.log_batch(rid, metrics=[Metric(k, float(v), now(), step) for k, v in ms.items()])
             trial.report(value, step)
             if step < cfg.max_steps and trial.should_prune():  # at the last step there is nothing left to save
@@ -548,9 +547,7 @@ class StudyWorker:
         with tempfile.TemporaryDirectory(prefix=f"cxrstudy-tune-{trial.number}-") as ck:
             out = train_model(cfg, self.data, device=self.device, checkpoint_dir=Path(ck), on_eval=on_eval,
                               progress=False)
-        final = {"tune/objective": tracker.value, "best_step": out.best_step, "val/best_macro_f1": out.best_score,
-                 "threshold": out.threshold, "last_step": out.last_step, "stopped_early": float(out.stopped_early),
-                 "train/images_per_s": out.images_per_s}
+        final = {"tune/objective": tracker.value, **out.metrics()}
         client.log_batch(rid, metrics=[Metric(k, float(v), now(), 0) for k, v in final.items()])
         return tracker.value, tracker.step
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from cxrstudy.server import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRE_VAR = "CXRSTUDY_REQUIRE_CLUSTER"
 INSTALL_HINT = "install slurm-wlm munge postgresql (Debian: apt-get install slurm-wlm munge postgresql)"
@@ -56,12 +58,6 @@ def require_or_skip(what: str, missing: list[str]) -> None:
 
 def _sbin(name: str) -> str:
     return shutil.which(name) or f"/usr/sbin/{name}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(pred, timeout: float, what: str, log: Path | None = None) -> None:

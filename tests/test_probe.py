@@ -153,13 +153,14 @@ def test_sweep_separates_a_shortcut_model_from_a_label_model():
 
 # ---------------------------------------------------------------- on trained models (registry)
 
-def _train(tmp_path, strength: float, n_patients: int = 2000):
+def _train(tmp_path, strength: float = 1.0, n_patients: int = 2000, **kw):
     from cxrstudy.train_run import run_training
 
     spec = DataSpec(source="synthetic", image_size=32, cache_dir=str(tmp_path / "cache"),
                     synthetic=SyntheticConfig(n_patients=n_patients, seed=0, shortcut_strength=strength))
-    cfg = TrainConfig(envs=("cxp", "nih"), label="Any", data=spec, seed=0, backbone="smallcnn", pretrained="none",
-                      lr=1e-3, batch_size=32, max_steps=20, eval_every=10, patience=5)
+    cfg = TrainConfig(**{"envs": ("cxp", "nih"), "label": "Any", "data": spec, "seed": 0, "backbone": "smallcnn",
+                         "pretrained": "none", "lr": 1e-3, "batch_size": 32, "max_steps": 20, "eval_every": 10,
+                         "patience": 5, **kw})
     return run_training(cfg, progress=False)
 
 
@@ -233,19 +234,11 @@ def test_evaluate_logs_the_correlation_sweep(store, tmp_path, capsys):
     names = {a.path for a in MlflowClient().list_artifacts(runs[0].info.run_id)}
     assert {"corr_sweep.png", "corr_sweep.csv", "predictions.csv"} <= names
     with pytest.raises(SystemExit) as e:  # a single-hospital model cannot be swept
-        single = _train_single(tmp_path)
+        single = _train(tmp_path, n_patients=300, envs=("cxp",), batch_size=16, max_steps=4,
+                        eval_every=2)["model_uri"]
         mod.main(["--model_uri", single, "--envs", "cxp,nih", "--corr_sweep", "true", "--n_bootstrap", "0"])
     assert e.value.code == 2
 
-
-def _train_single(tmp_path):
-    from cxrstudy.train_run import run_training
-
-    spec = DataSpec(source="synthetic", image_size=32, cache_dir=str(tmp_path / "cache"),
-                    synthetic=SyntheticConfig(n_patients=300, seed=0))
-    cfg = TrainConfig(envs=("cxp",), label="Any", data=spec, seed=0, backbone="smallcnn", pretrained="none",
-                      lr=1e-3, batch_size=16, max_steps=4, eval_every=2, patience=5)
-    return run_training(cfg, progress=False)["model_uri"]
 
 
 def test_analysis_probe_table_figure_and_report(store, tmp_path):
