@@ -56,8 +56,8 @@ def sampling_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 #: on the CPU, images are resampled in chunks of about this many pixels (16 images at 224 px):
 #: a chunk's grid and output stay in cache, where one (128, 224, 224, 2) grid is 51 MB of fresh
-#: memory per batch (2.8x faster with the separable grid than affine_grid + one grid_sample,
-#: batch 128 at 224 px, 2-core machine).
+#: memory per batch (with the separable grid, 2.5-2.8x faster than affine_grid + one grid_sample
+#: for batch 128 at 224 px on a 2-core machine: benchmarks/augment_speed.py).
 CPU_CHUNK_PIXELS = 16 * 224 * 224
 
 
