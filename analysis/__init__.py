@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from .queries import SETTINGS_COLUMNS, comparison_runs, comparison_table, gc_paused, latest_dataset_stats, \
-    latest_per_setting, resolve_experiment_ids
+from .queries import (SETTINGS_COLUMNS, comparison_runs, comparison_table, gc_paused, latest_dataset_stats,
+                      latest_per_setting, resolve_experiment_ids)
 from .summary import as_metrics, headline, headline_sentence, hypothesis2_summary, hypothesis2_table
 
 __all__ = ["run_analysis", "log_results", "comparison_table", "comparison_runs", "latest_dataset_stats",
@@ -161,7 +161,7 @@ def log_results(result: dict) -> None:
     """Log the analysis metrics, files and a few provenance params to the active MLflow run."""
     import mlflow
 
-    from cxrstudy import tracking
+    from cxrstudy.tracking import runs as tracking
 
     tracking.log_params({"experiment_ids": ",".join(result["experiment_ids"]), "source": result["source"] or "all",
                          "n_runs": result["n_runs"], "n_settings_total": len(result["settings"])},

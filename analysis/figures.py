@@ -28,15 +28,14 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from cxrstudy.hospitals import HOSPITALS  # noqa: E402
 from cxrstudy.labels import LABELS  # noqa: E402
+from cxrstudy.tracking import keys  # noqa: E402
 
-from .queries import BALANCE_ORDER, _order  # noqa: E402
+from .queries import known_order  # noqa: E402
 
 BAR_COLORS = {"single": "#9e9e9e", "none": "#d95f02", "hospital_label": "#1b9e77", "size_matched": "#7570b3"}
 BAR_NAMES = {"single": "base hospital only", "none": "base + added",
              "hospital_label": "base + added, hospital-label balanced",
              "size_matched": "base + added, size-matched"}
-BALANCE_TITLES = {"none": "no balancing", "hospital_label": "hospital-label balancing",
-                  "size_matched": "size-matched"}
 HURT_COLOR = "#b2182b"
 DPI = 110
 
@@ -81,10 +80,10 @@ def _title_width(text: str) -> float:
 
 def wga_bars(settings: pd.DataFrame, path: Path, *, title: str = "", synthetic: bool = False) -> Path:
     """Grouped bars per setting, one panel per label."""
-    labels = _order(settings["label"], LABELS)
-    series = ["single"] + _order(settings["balance"], BALANCE_ORDER)
-    b_rank = {h: i for i, h in enumerate(_order(settings["base"], HOSPITALS))}
-    a_rank = {h: i for i, h in enumerate(_order(settings["added"], HOSPITALS))}
+    labels = known_order(settings["label"], LABELS)
+    series = ["single"] + known_order(settings["balance"], keys.BALANCE_MODES)
+    b_rank = {h: i for i, h in enumerate(known_order(settings["base"], HOSPITALS))}
+    a_rank = {h: i for i, h in enumerate(known_order(settings["added"], HOSPITALS))}
     rows = {(r.label, r.base, r.added, r.balance): r for r in settings.itertuples()}
     pairs_of = {lab: sorted({(b, a) for (lb, b, a, _) in rows if lb == lab}, key=lambda p: (b_rank[p[0]], a_rank[p[1]]))
                 for lab in labels}
@@ -163,8 +162,8 @@ def delta_heatmap(settings: pd.DataFrame, path: Path, *, balance: str = "none", 
     """Base (rows) x added (columns) grid of the mean WGA change, one panel per label (in
     percentage points)."""
     sub = settings[settings["balance"] == balance]
-    labels = _order(sub["label"], LABELS)
-    hosps = _order(list(sub["base"]) + list(sub["added"]), HOSPITALS)
+    labels = known_order(sub["label"], LABELS)
+    hosps = known_order(list(sub["base"]) + list(sub["added"]), HOSPITALS)
     k = len(hosps)
     d = 100 * sub["delta_mean"].astype(float).abs()
     vmax = max(float(np.nanmax(d)) if d.notna().any() else 0.0, 1.0)
@@ -173,7 +172,7 @@ def delta_heatmap(settings: pd.DataFrame, path: Path, *, balance: str = "none", 
 
     nrows, ncols = _grid(len(labels))
     panel = max(1.7, 0.68 * k)
-    title = title or (f"Mean WGA change from adding a hospital ({BALANCE_TITLES.get(balance, balance)})"
+    title = title or (f"Mean WGA change from adding a hospital ({keys.BALANCE_TITLES.get(balance, balance)})"
                       "\nred: the added hospital lowered WGA; * and bold: 95% CI excludes 0")
     fig, axes = _panels(nrows, ncols, panel, panel, left=0.85, right=1.45, top=_title_height(title, synthetic) + 0.1,
                         bottom=0.55, wgap=0.7, hgap=0.6, min_width=_title_width(title))
@@ -239,7 +238,7 @@ def make_figures(settings: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
     figs: dict[str, Path] = {}
     if settings is None or settings.empty:
         return figs
-    sources = _order(settings["source"], ("real", "synthetic")) if "source" in settings else [None]
+    sources = known_order(settings["source"], ("real", "synthetic")) if "source" in settings else [None]
     for src in sources:
         sub = settings if src is None else settings[settings["source"] == src]
         suffix = f"_{src}" if len(sources) > 1 else ""
@@ -248,10 +247,10 @@ def make_figures(settings: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
         figs[f"wga_bars{suffix}"] = wga_bars(
             sub, out_dir / f"wga_bars{suffix}.png", synthetic=synthetic,
             title=f"Worst-group accuracy per setting{what} (test splits of both hospitals)")
-        for bal in _order(sub["balance"], BALANCE_ORDER):
+        for bal in known_order(sub["balance"], keys.BALANCE_MODES):
             name = f"delta_heatmap_{bal}{suffix}"
             figs[name] = delta_heatmap(
                 sub, out_dir / f"{name}.png", balance=bal, synthetic=synthetic,
-                title=f"Mean WGA change from adding a hospital{what} ({BALANCE_TITLES.get(bal, bal)})"
+                title=f"Mean WGA change from adding a hospital{what} ({keys.BALANCE_TITLES.get(bal, bal)})"
                       "\nred: the added hospital lowered WGA; * and bold: 95% CI excludes 0")
     return figs

@@ -1,6 +1,6 @@
 """Read comparison results back from MLflow (tracking store only, no local files).
 
-A comparison run (``cxrstudy.study.run_compare``) carries the setting in its tags (``base``,
+A comparison run (``cxrstudy.runs.study.run_compare``) carries the setting in its tags (``base``,
 ``added``, ``label``, ``balance``, ``source``) and the result in ``compare/*`` metrics. A
 setting may have been compared several times (re-runs): the newest FINISHED run wins.
 
@@ -24,6 +24,7 @@ import pandas as pd
 
 from cxrstudy.hospitals import HOSPITALS
 from cxrstudy.labels import LABELS
+from cxrstudy.tracking import keys
 
 #: What ``settings.csv`` holds, in this order.
 SETTINGS_COLUMNS = ["base", "added", "label", "balance", "n_seeds", "wga_single", "wga_pair",
@@ -32,19 +33,18 @@ SETTINGS_COLUMNS = ["base", "added", "label", "balance", "n_seeds", "wga_single"
 EXTRA_COLUMNS = ["run_id", "source", "synthetic", "fake", "seeds", "start_time", "experiment_id"]
 #: One setting = one row: the newest FINISHED run per key.
 SETTING_KEY = ["base", "added", "label", "balance", "source"]
-BALANCE_ORDER = ("none", "hospital_label", "size_matched")
 
 COMPARE_FILTER = "tags.`cxrstudy.entry` = 'compare' and attributes.status = 'FINISHED'"
 PREPROCESS_FILTER = "tags.`cxrstudy.entry` = 'preprocess' and attributes.status = 'FINISHED'"
 
 _METRICS = {  # column -> metric key
-    "n_seeds": "compare/n_seeds",
-    "wga_single": "compare/wga_single",
-    "wga_pair": "compare/wga_pair",
-    "delta_mean": "compare/delta_wga",
-    "delta_ci_low": "compare/delta_ci_low",
-    "delta_ci_high": "compare/delta_ci_high",
-    "hurt_logged": "compare/hurt",
+    "n_seeds": keys.compare_metric("n_seeds"),
+    "wga_single": keys.compare_metric("wga_single"),
+    "wga_pair": keys.compare_metric("wga_pair"),
+    "delta_mean": keys.compare_metric("delta_wga"),
+    "delta_ci_low": keys.compare_metric("delta_ci_low"),
+    "delta_ci_high": keys.compare_metric("delta_ci_high"),
+    "hurt_logged": keys.compare_metric("hurt"),
 }
 
 
@@ -68,7 +68,7 @@ def _quote(value: str) -> str:
 def resolve_experiment_ids(experiment_ids=None) -> list[str]:
     """``None`` -> the current experiment (``tracking.current_experiment_id``); a single id -> [id]."""
     if experiment_ids is None:
-        from cxrstudy import tracking
+        from cxrstudy.tracking import runs as tracking
 
         return [tracking.current_experiment_id()]
     if isinstance(experiment_ids, (str, int)):
@@ -76,7 +76,7 @@ def resolve_experiment_ids(experiment_ids=None) -> list[str]:
     return [str(e) for e in experiment_ids]
 
 
-def _order(values, known) -> list:
+def known_order(values, known) -> list:
     rank = {v: i for i, v in enumerate(known)}
     return sorted(set(values), key=lambda v: (rank.get(v, len(rank)), str(v)))
 
@@ -85,16 +85,16 @@ def sort_settings(df: pd.DataFrame) -> pd.DataFrame:
     """Protocol order: label (LABELS), base and added (HOSPITALS), balance, source."""
     if df.empty:
         return df.reset_index(drop=True)
-    keys = {
-        "label": {v: i for i, v in enumerate(_order(df["label"], LABELS))},
-        "base": {v: i for i, v in enumerate(_order(df["base"], HOSPITALS))},
-        "added": {v: i for i, v in enumerate(_order(df["added"], HOSPITALS))},
-        "balance": {v: i for i, v in enumerate(_order(df["balance"], BALANCE_ORDER))},
+    ranks = {
+        "label": {v: i for i, v in enumerate(known_order(df["label"], LABELS))},
+        "base": {v: i for i, v in enumerate(known_order(df["base"], HOSPITALS))},
+        "added": {v: i for i, v in enumerate(known_order(df["added"], HOSPITALS))},
+        "balance": {v: i for i, v in enumerate(known_order(df["balance"], keys.BALANCE_MODES))},
     }
     cols = ["label", "base", "added", "balance"] + (["source"] if "source" in df else [])
-    ranked = df.assign(**{f"_r_{c}": df[c].map(m) for c, m in keys.items()})
-    by = [f"_r_{c}" if c in keys else c for c in cols]
-    return ranked.sort_values(by, kind="stable").drop(columns=[f"_r_{c}" for c in keys]).reset_index(drop=True)
+    ranked = df.assign(**{f"_r_{c}": df[c].map(m) for c, m in ranks.items()})
+    by = [f"_r_{c}" if c in ranks else c for c in cols]
+    return ranked.sort_values(by, kind="stable").drop(columns=[f"_r_{c}" for c in ranks]).reset_index(drop=True)
 
 
 def _empty_table() -> pd.DataFrame:
@@ -127,9 +127,9 @@ def _rows(runs) -> list[dict]:
             "base": tags["base"], "added": tags["added"], "label": tags["label"],
             "balance": tags.get("balance") or "none",
             "source": tags.get("source") or "unknown",
-            "synthetic": (tags.get("cxrstudy.synthetic", "").lower() == "true"
+            "synthetic": (tags.get(keys.SYNTHETIC_TAG, "").lower() == "true"
                           or tags.get("source") == "synthetic"),
-            "fake": tags.get("cxrstudy.fake", "").lower() == "true",
+            "fake": tags.get(keys.FAKE_TAG, "").lower() == "true",
             "seeds": seeds,
             "run_id": r.info.run_id,
             "experiment_id": r.info.experiment_id,

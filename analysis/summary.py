@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .queries import BALANCE_ORDER, _order, sort_settings
+from cxrstudy.tracking import keys
+
+from .queries import known_order, sort_settings
 
 #: The paper's headline (Compton et al. 2023): adding a hospital hurt WGA in 43% of 108 settings.
 PAPER_HURT_FRACTION = 0.43
@@ -37,7 +39,7 @@ def headline(settings: pd.DataFrame) -> dict:
     out = {}
     if settings is None or settings.empty:
         return out
-    for bal in _order(settings["balance"], BALANCE_ORDER):
+    for bal in known_order(settings["balance"], keys.BALANCE_MODES):
         s = settings[settings["balance"] == bal]
         d = s["delta_mean"].astype(float)
         n = int(d.notna().sum())

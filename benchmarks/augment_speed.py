@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrstudy.augment import augment, random_affine  # noqa: E402
+from cxrstudy.train.augment import augment, random_affine  # noqa: E402
 
 
 def median_seconds(fn, n: int = 21) -> float:

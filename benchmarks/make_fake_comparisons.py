@@ -1,4 +1,4 @@
-"""Log N fake comparison runs (the tags and metrics of ``cxrstudy.study.run_compare``) and time
+"""Log N fake comparison runs (the tags and metrics of ``cxrstudy.runs.study.run_compare``) and time
 the analysis over them.
 
     .venv/bin/python benchmarks/make_fake_comparisons.py --n 5000
@@ -32,15 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from cxrstudy.balancing import BALANCE_MODES as BALANCES  # noqa: E402
+
+from cxrstudy.tracking import keys  # noqa: E402
 from cxrstudy.hospitals import HOSPITALS  # noqa: E402
 from cxrstudy.labels import LABELS  # noqa: E402
 
-FAKE_TAG = "cxrstudy.fake"
 SEEDS = (0, 1, 2)
 
 
-def fake_settings(sources=("synthetic",), balances=BALANCES, labels=LABELS, hospitals=HOSPITALS) -> list[tuple]:
+def fake_settings(sources=("synthetic",), balances=keys.BALANCE_MODES, labels=LABELS, hospitals=HOSPITALS) -> list[tuple]:
     return [(a, b, lab, bal, src) for src in sources for bal in balances for lab in labels
             for a, b in itertools.permutations(hospitals, 2)]
 
@@ -58,7 +58,7 @@ _MLFLOW_TAGS = {"mlflow.user": "fake", "mlflow.source.name": "file:///work/main"
                 "mlflow.gitRepoURL": "", "mlflow.source.git.repoURL": ""}
 
 
-def fake_records(n: int, seed: int = 0, sources=("synthetic",), balances=BALANCES, start_ms: int | None = None,
+def fake_records(n: int, seed: int = 0, sources=("synthetic",), balances=keys.BALANCE_MODES, start_ms: int | None = None,
                  realistic: bool = False) -> list[dict]:
     """``n`` fake comparison results: tags, metrics, start/end time. Run ``i`` is of setting
     ``i % n_settings`` and starts 1 s after run ``i-1``, so the last run of a setting is its newest.
@@ -89,10 +89,10 @@ def fake_records(n: int, seed: int = 0, sources=("synthetic",), balances=BALANCE
             metrics[f"compare/seed{s}/wga_single"] = float(ws)
             metrics[f"compare/seed{s}/wga_pair"] = float(wp)
         key = f"fake{seed}-{k:04d}"
-        tags = {"cxrstudy.entry": "compare", "base": base, "added": added, "label": label, "balance": balance,
+        tags = {keys.ENTRY_TAG: keys.ENTRY_COMPARE, "base": base, "added": added, "label": label, "balance": balance,
                 "source": source, "seeds": ",".join(map(str, SEEDS)),
-                "cxrstudy.synthetic": str(source == "synthetic").lower(), "cxrstudy.compare_key": key,
-                FAKE_TAG: "true",
+                keys.SYNTHETIC_TAG: str(source == "synthetic").lower(), keys.COMPARE_KEY_TAG: key,
+                keys.FAKE_TAG: "true",
                 "mlflow.runName": f"compare-{base}+{added}-{label.lower().replace(' ', '_')}-{balance}"}
         params = {}
         if realistic:
@@ -115,7 +115,7 @@ def _experiment(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         return client.create_experiment(name)
-    real = client.search_runs([exp.experiment_id], f"tags.`{FAKE_TAG}` IS NULL", max_results=1)
+    real = client.search_runs([exp.experiment_id], f"tags.`{keys.FAKE_TAG}` IS NULL", max_results=1)
     if real:
         raise DataError(f"experiment {name!r} holds runs that are not fake (e.g. {real[0].info.run_id}); "
                         "make_fake_comparisons only writes into a new experiment or one with fake runs only")
@@ -167,7 +167,7 @@ def _write_bulk(store, eid: str, records: list[dict]) -> list[str]:
 
 
 def make_fake_comparisons(n: int = 5000, experiment_name: str = "cxrstudy-fake-comparisons", seed: int = 0, *,
-                          tracking_uri: str | None = None, sources=("synthetic",), balances=BALANCES,
+                          tracking_uri: str | None = None, sources=("synthetic",), balances=keys.BALANCE_MODES,
                           method: str = "auto", realistic: bool = False) -> dict:
     """Log ``n`` fake FINISHED comparison runs into ``experiment_name`` (created when missing) of
     ``tracking_uri`` (None = the current one). ``method``: ``auto`` (bulk on SQLAlchemy stores,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import UsageError
+from cxrstudy.errors import UsageError
 
 #: Short names, in the protocol's order.
 HOSPITALS = ("mimic", "cxp", "nih", "pad")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .errors import DataError, UsageError
+from cxrstudy.errors import DataError, UsageError
 
 DISEASES = (
     "Atelectasis",

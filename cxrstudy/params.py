@@ -6,7 +6,7 @@ the value and what was expected; entry points turn that into exit code 2 before 
 
 from __future__ import annotations
 
-from .errors import UsageError
+from cxrstudy.errors import UsageError
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f", ""}

@@ -15,7 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrstudy import cli  # noqa: E402
+from cxrstudy.tracking import keys
+from cxrstudy.runs import cli  # noqa: E402
 
 PARAMS = {
     "source": "",
@@ -53,8 +54,8 @@ def main(argv=None) -> None:
         import mlflow
 
         from analysis import format_headline, log_results, run_analysis
-        from cxrstudy import tracking
-        from cxrstudy.sources import parse_source_kind
+        from cxrstudy.tracking import runs as tracking
+        from cxrstudy.data.sources import parse_source_kind
 
         source = raw["source"].strip().lower()
         source = "" if source in ("", "all") else parse_source_kind(source)
@@ -71,7 +72,7 @@ def main(argv=None) -> None:
             # DataError (no comparison runs) comes before any run is opened
             result = run_analysis([eid], source or None, out_dir=tmp, log=False, verbose=False)
             print(format_headline(result, report_path=False), flush=True)
-            with tracking.run(run_name=f"analyze-{source or 'all'}", tags={"cxrstudy.entry": "analyze"}):
+            with tracking.run(run_name=f"analyze-{source or 'all'}", tags={keys.ENTRY_TAG: keys.ENTRY_ANALYZE}):
                 tracking.mark_synthetic(result["synthetic"])
                 log_results(result)
                 print(f"analysis logged to run {mlflow.active_run().info.run_id} "

@@ -13,7 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrstudy import cli  # noqa: E402
+from cxrstudy.tracking import keys
+from cxrstudy.runs import cli  # noqa: E402
 
 PARAMS = {"size": "full", "results": "benchmarks/RESULTS.md"}
 
@@ -26,12 +27,14 @@ def main(argv=None) -> None:
 
         import mlflow
 
-        from cxrstudy import bench, tracking
+        from cxrstudy.tools import bench
+
+        from cxrstudy.tracking import runs as tracking
         from cxrstudy.params import as_choice
 
         size = as_choice("size", raw["size"], ("full", "tiny"))
         tracking.setup()
-        with tracking.run(run_name=f"benchmark-{size}", tags={"cxrstudy.entry": "benchmark"}):
+        with tracking.run(run_name=f"benchmark-{size}", tags={keys.ENTRY_TAG: keys.ENTRY_BENCHMARK}):
             figs = bench.run_all(size)
             mlflow.log_metrics({f.name: f.value for f in figs})
             lines = [f.line() for f in figs]

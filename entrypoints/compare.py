@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrstudy import cli  # noqa: E402
-from cxrstudy.config import TRAIN_PARAMS  # noqa: E402
+from cxrstudy.runs import cli  # noqa: E402
+from cxrstudy.train.config import TRAIN_PARAMS  # noqa: E402
 
 PARAMS = {
     "base": "cxp",
@@ -32,14 +32,14 @@ def main(argv=None) -> None:
     raw = cli.parse(PARAMS, argv, prog="compare", doc=__doc__)
 
     def body():
-        from cxrstudy import tracking
-        from cxrstudy.balancing import parse_balance
-        from cxrstudy.comparison import Setting
-        from cxrstudy.config import config_from_params, force_from_params
+        from cxrstudy.tracking import runs as tracking
+        from cxrstudy.train.balancing import parse_balance
+        from cxrstudy.evaluate.compare import Setting
+        from cxrstudy.train.config import config_from_params, force_from_params
         from cxrstudy.hospitals import canonical_hospital
         from cxrstudy.params import as_int, as_int_list
-        from cxrstudy.study import run_compare
-        from cxrstudy.trainer import pick_device
+        from cxrstudy.runs.compare import run_compare
+        from cxrstudy.train.device import pick_device
 
         base, added = canonical_hospital(raw["base"]), canonical_hospital(raw["added"])
         template = config_from_params({**raw, "envs": base, "seed": "0", "balance": "none"})

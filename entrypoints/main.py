@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrstudy import cli  # noqa: E402
-from cxrstudy.config import TRAIN_PARAMS  # noqa: E402
-from cxrstudy.launchers import LAUNCHER_PARAMS  # noqa: E402
+from cxrstudy.runs import cli  # noqa: E402
+from cxrstudy.train.config import TRAIN_PARAMS  # noqa: E402
+from cxrstudy.runs.launchers import LAUNCHER_PARAMS  # noqa: E402
 
 PARAMS = {
     "envs": "cxp,nih,pad",
@@ -39,17 +39,18 @@ def main(argv=None) -> None:
     raw = cli.parse(PARAMS, argv, prog="main", doc=__doc__)
 
     def body():
-        from cxrstudy import tracking
-        from cxrstudy.balancing import parse_balance
-        from cxrstudy.config import config_from_params
+        from cxrstudy.tracking import runs as tracking
+        from cxrstudy.train.balancing import parse_balance
+        from cxrstudy.train.config import config_from_params
         from cxrstudy.errors import UsageError
         from cxrstudy.hospitals import parse_envs
         from cxrstudy.labels import parse_labels
-        from cxrstudy.launchers import launcher_from_params
-        from cxrstudy.launchers.local import resolve_workers
+        from cxrstudy.runs.launchers import launcher_from_params
+        from cxrstudy.runs.launchers.local import resolve_workers
         from cxrstudy.params import as_bool, as_int, as_int_list
-        from cxrstudy.study import run_main
-        from cxrstudy.trainer import pick_device
+        from analysis import run_analysis
+        from cxrstudy.runs.study import run_main
+        from cxrstudy.train.device import pick_device
 
         envs = parse_envs(raw["envs"])
         if len(envs) < 2:
@@ -70,7 +71,7 @@ def main(argv=None) -> None:
         pick_device(raw["device"])
         launcher.check(tracking.setup())
         run_main(template, envs, labels, seeds, balances, workers=workers, n_bootstrap=n_boot, device=raw["device"],
-                 probe=probe, launcher=launcher)
+                 probe=probe, launcher=launcher, analyze=run_analysis)
 
     cli.run(body)
 

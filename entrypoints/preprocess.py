@@ -10,8 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrstudy import cli  # noqa: E402
-from cxrstudy.dataspec import DATA_PARAMS  # noqa: E402
+from cxrstudy.runs import cli  # noqa: E402
+from cxrstudy.data.dataspec import DATA_PARAMS  # noqa: E402
 
 PARAMS = {
     "envs": "all",
@@ -26,12 +26,12 @@ def main(argv=None) -> None:
     raw = cli.parse(PARAMS, argv, prog="preprocess", doc=__doc__)
 
     def body():
-        from cxrstudy import tracking
-        from cxrstudy.dataspec import spec_from_params
+        from cxrstudy.tracking import runs as tracking
+        from cxrstudy.data.dataspec import spec_from_params
         from cxrstudy.hospitals import parse_envs
         from cxrstudy.params import as_int, optional
-        from cxrstudy.preprocess import tracked_preprocess
-        from cxrstudy.presets import resolve_preset
+        from cxrstudy.runs.preprocess import run_preprocess
+        from cxrstudy.train.presets import resolve_preset
 
         envs = parse_envs(raw["envs"])
         _, preset = resolve_preset(raw["preset"], verbose=False)
@@ -39,7 +39,7 @@ def main(argv=None) -> None:
         workers = as_int("workers", raw["workers"], lo=0) or None
         spec = spec_from_params(raw, size)
         tracking.setup()
-        tracked_preprocess(spec, envs, workers=workers)
+        run_preprocess(spec, envs, workers=workers)
 
     cli.run(body)
 

@@ -1,4 +1,4 @@
-"""probe: can a model's embedding tell the hospitals apart? (PROTOCOL.md "Hospital identifiability probe")
+"""probe: can a model's embedding tell the hospitals apart? (docs/PROTOCOL.md "Hospital identifiability probe")
 
     mlflow run . --env-manager local -e probe -P model_uri=models:/<name>@latest
     mlflow run . --env-manager local -e probe -P model_uri=models:/<name>/3 -P envs=cxp,nih,pad
@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrstudy import cli  # noqa: E402
+from cxrstudy.runs import cli  # noqa: E402
 
 PARAMS = {
     "model_uri": "",
@@ -36,12 +36,12 @@ def main(argv=None) -> None:
     raw = cli.parse(PARAMS, argv, prog="probe", doc=__doc__)
 
     def body():
-        from cxrstudy import tracking
+        from cxrstudy.tracking import runs as tracking
         from cxrstudy.errors import UsageError
         from cxrstudy.hospitals import parse_envs
         from cxrstudy.params import as_bool, as_int, optional
-        from cxrstudy.probe_run import run_probe
-        from cxrstudy.trainer import pick_device
+        from cxrstudy.runs.probe import run_probe
+        from cxrstudy.train.device import pick_device
 
         if not optional(raw["model_uri"]):
             raise UsageError("parameter model_uri is required, e.g. models:/<name>@latest or models:/<name>/<version>")

@@ -1,4 +1,4 @@
-"""train: one binary model for one label on one set of hospitals (PROTOCOL.md "Training").
+"""train: one binary model for one label on one set of hospitals (docs/PROTOCOL.md "Training").
 
     mlflow run . --env-manager local -e train -P envs=cxp,nih -P label=pneumonia
 """
@@ -10,18 +10,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrstudy import cli  # noqa: E402
-from cxrstudy.config import TRAIN_PARAMS as PARAMS  # noqa: E402
+from cxrstudy.runs import cli  # noqa: E402
+from cxrstudy.train.config import TRAIN_PARAMS as PARAMS  # noqa: E402
 
 
 def main(argv=None) -> None:
     raw = cli.parse(PARAMS, argv, prog="train", doc=__doc__)
 
     def body():
-        from cxrstudy import tracking
-        from cxrstudy.config import config_from_params, force_from_params
-        from cxrstudy.train_run import run_training
-        from cxrstudy.trainer import pick_device
+        from cxrstudy.tracking import runs as tracking
+        from cxrstudy.train.config import config_from_params, force_from_params
+        from cxrstudy.runs.train import run_training
+        from cxrstudy.train.device import pick_device
 
         cfg = config_from_params(raw)
         force = force_from_params(raw)

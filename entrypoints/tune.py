@@ -15,17 +15,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrstudy import cli  # noqa: E402
-from cxrstudy.tuning import TUNE_PARAMS as PARAMS  # noqa: E402
+from cxrstudy.runs import cli  # noqa: E402
+from cxrstudy.runs.tune import TUNE_PARAMS as PARAMS  # noqa: E402
 
 
 def main(argv=None) -> None:
     raw = cli.parse(PARAMS, argv, prog="tune", doc=__doc__)
 
     def body():
-        from cxrstudy import tracking
-        from cxrstudy.trainer import pick_device
-        from cxrstudy.tuning import run_tune, tune_from_params
+        from cxrstudy.tracking import runs as tracking
+        from cxrstudy.train.device import pick_device
+        from cxrstudy.runs.tune import run_tune, tune_from_params
 
         settings = tune_from_params(raw, tracking.tracking_uri())
         pick_device(settings.device)  # a clear error before any work

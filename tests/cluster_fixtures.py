@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrstudy.server import free_port
+from cxrstudy.tracking.server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRE_VAR = "CXRSTUDY_REQUIRE_CLUSTER"
@@ -121,7 +121,7 @@ def mlflow_server(backend_uri: str, workdir: Path):
     """The documented recipe, ``make server BACKEND=... ARTIFACTS=...`` (loopback, a free port),
     with the artifacts destination in ``workdir``. Yields the server's URL."""
     sys.path.insert(0, str(ROOT))
-    from cxrstudy.server import wait_healthy
+    from cxrstudy.tracking.server import wait_healthy
 
     port = free_port()
     (workdir / "artifacts").mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,7 @@ _CLOCK = [1_700_000_000_000]
 
 def log_compare(eid, base, added, label, delta, lo, hi, *, balance="none", single=0.6, source="synthetic",
                 status="FINISHED", start=None, seeds=(0, 1, 2)) -> str:
-    """A comparison run with the tags and metrics of cxrstudy.study.run_compare."""
+    """A comparison run with the tags and metrics of cxrstudy.runs.study.run_compare."""
     client = MlflowClient()
     if start is None:
         _CLOCK[0] += 1000

@@ -2,7 +2,7 @@
 
 import math
 
-from cxrstudy import bench
+from cxrstudy.tools import bench
 
 
 def test_benchmark_runs_at_tiny_size(tmp_path):

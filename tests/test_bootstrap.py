@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrstudy.bootstrap import (
+from cxrstudy.evaluate.bootstrap import (
     check_aligned,
     mean_delta_bootstrap,
     paired_delta_bootstrap,
     wga_bootstrap,
 )
-from cxrstudy.metrics import group_accuracy, worst_group
+from cxrstudy.evaluate.metrics import group_accuracy, worst_group
 
 
 def make_predictions(n_subjects, acc, seed=0, envs=("cxp", "nih"), max_images=4, prevalence=0.3):

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from realdata_fixtures import make_data_root
 
-import cxrstudy.cache as cache_mod
-from cxrstudy.cache import build_entry, find_entry
-from cxrstudy.images import decode_image
-from cxrstudy.sources import open_source
+import cxrstudy.data.cache as cache_mod
+from cxrstudy.data.cache import build_entry, find_entry
+from cxrstudy.data.images import decode_image
+from cxrstudy.data.sources import open_source
 
 
 @pytest.fixture

@@ -94,11 +94,11 @@ def test_study_on_slurm_with_postgres_server_cancel_a_job_then_resume(cluster, t
 
 
 def test_a_requeued_task_continues_its_run_and_a_retried_create_leaves_one_run(cluster, monkeypatch):
-    """Idempotent run creation (cxrstudy.launchers.job) against the PostgreSQL-backed server."""
+    """Idempotent run creation (cxrstudy.runs.launchers.job) against the PostgreSQL-backed server."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from cxrstudy.launchers import job
+    from cxrstudy.runs.launchers import job
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", cluster["tracking_uri"])
     mlflow.set_tracking_uri(cluster["tracking_uri"])

@@ -10,9 +10,9 @@ import pytest
 
 from cxrstudy.errors import DataError
 from cxrstudy.labels import DISEASES, LABELS, add_any, normalise_values
-from cxrstudy.sources.chexpert import csv_label_sources, label_columns
-from cxrstudy.sources.nih import finding_labels
-from cxrstudy.sources.padchest import keep_rows, string_labels
+from cxrstudy.data.sources.chexpert import csv_label_sources, label_columns
+from cxrstudy.data.sources.nih import finding_labels
+from cxrstudy.data.sources.padchest import keep_rows, string_labels
 
 
 def norm(values, **kw):

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cxrstudy.config import TRAIN_PARAMS, config_from_params
+from cxrstudy.train.config import TRAIN_PARAMS, config_from_params
 from cxrstudy.errors import DataError, UsageError
-from cxrstudy.launchers import LAUNCHER_PARAMS, launcher_from_params
-from cxrstudy.launchers import local, slurm
+from cxrstudy.runs.launchers import LAUNCHER_PARAMS, launcher_from_params
+from cxrstudy.runs.launchers import local, slurm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,7 @@ def test_launcher_parameters():
         launcher_from_params({"launcher": "local", "slurm_partition": "gpu"})
     with pytest.raises(UsageError, match="does not exist"):
         launcher_from_params({"launcher": "slurm", "slurm_config": "/nonexistent/slurm.toml"})
-    assert set(LAUNCHER_PARAMS) <= set(__import__("importlib").import_module("cxrstudy.mlproject")
+    assert set(LAUNCHER_PARAMS) <= set(__import__("importlib").import_module("cxrstudy.tools.mlproject")
                                        .entry_params("main"))
 
 
@@ -171,10 +171,10 @@ def fake_slurm(tmp_path, monkeypatch):
 
 
 def _finished_after(monkeypatch, done_hashes: set):
-    import cxrstudy.train_run as tr
+    import cxrstudy.runs.train as tr
 
-    monkeypatch.setattr(tr, "find_finished", lambda h, *a, **k: object() if h in done_hashes else None)
-    monkeypatch.setattr(local, "find_finished", tr.find_finished)
+    monkeypatch.setattr(tr, "find_trained", lambda c, *a, **k: object() if c.content_hash() in done_hashes else None)
+    monkeypatch.setattr(local, "find_trained", tr.find_trained)
 
 
 def test_failed_cells_are_resubmitted_up_to_the_limit_then_reported(cells, fake_slurm, monkeypatch, tmp_path, capsys):

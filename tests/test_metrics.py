@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score, roc_auc_score
 
-from cxrstudy.metrics import (
+from cxrstudy.evaluate.metrics import (
     THRESHOLD_GRID,
     binary_metrics,
     evaluate_predictions,

@@ -6,14 +6,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from cxrstudy.config import TrainConfig
-from cxrstudy.correlation import (R_VALUES, balanced_cells, correlation_set, correlation_sweep,
+from cxrstudy.train.config import TrainConfig
+from cxrstudy.evaluate.correlation import (R_VALUES, balanced_cells, correlation_set, correlation_sweep,
                                   hospital_label_correlation, positive_hospital, sweep_metrics)
-from cxrstudy.dataspec import DataSpec
-from cxrstudy.embeddings import extract_embeddings
-from cxrstudy.probe import (PROBE_COLUMNS, balance_classes, fit_probe, metric_name, probe_metrics, probe_tasks,
+from cxrstudy.data.dataspec import DataSpec
+from cxrstudy.evaluate.embeddings import extract_embeddings
+from cxrstudy.evaluate.probe import (PROBE_COLUMNS, balance_classes, fit_probe, metric_name, probe_metrics, probe_tasks,
                             run_probes, split_balanced)
-from cxrstudy.synthetic import SyntheticConfig
+from cxrstudy.data.synthetic import SyntheticConfig
 
 
 # ---------------------------------------------------------------- probe: balancing, split, tasks, names
@@ -154,7 +154,7 @@ def test_sweep_separates_a_shortcut_model_from_a_label_model():
 # ---------------------------------------------------------------- on trained models (registry)
 
 def _train(tmp_path, strength: float = 1.0, n_patients: int = 2000, **kw):
-    from cxrstudy.train_run import run_training
+    from cxrstudy.runs.train import run_training
 
     spec = DataSpec(source="synthetic", image_size=32, cache_dir=str(tmp_path / "cache"),
                     synthetic=SyntheticConfig(n_patients=n_patients, seed=0, shortcut_strength=strength))
@@ -165,7 +165,7 @@ def _train(tmp_path, strength: float = 1.0, n_patients: int = 2000, **kw):
 
 
 def test_embeddings_come_from_the_registered_model(store, tmp_path):
-    from cxrstudy.evaluation import load_trained
+    from cxrstudy.tracking.registry import load_trained
 
     res = _train(tmp_path, 1.0, n_patients=200)
     trained = load_trained(res["model_uri"])
@@ -183,7 +183,7 @@ def test_embeddings_come_from_the_registered_model(store, tmp_path):
 
 def test_probe_ground_truth_on_synthetic_hospitals(store, tmp_path):
     """Default shortcut: hospitals told apart (>= 0.95); shortcut_strength=0: chance, like the control."""
-    from cxrstudy.probe_run import run_probe
+    from cxrstudy.runs.probe import run_probe
 
     envs = ["cxp", "nih", "pad"]
     strong = run_probe(_train(tmp_path, 1.0)["model_uri"], envs, progress=False)

@@ -23,9 +23,9 @@ def test_conda_yaml_lists_exactly_pyprojects_dependencies():
 
 
 def test_mlproject_is_generated_from_the_entry_points():
-    from cxrstudy.mlproject import render
+    from cxrstudy.tools.mlproject import render
 
-    assert (ROOT / "MLproject").read_text() == render(), "run `python -m cxrstudy.mlproject` to regenerate MLproject"
+    assert (ROOT / "MLproject").read_text() == render(), "run `python -m cxrstudy.tools.mlproject` to regenerate MLproject"
 
 
 def test_mlproject_names_conda_env_and_the_entry_points():

@@ -10,9 +10,9 @@ import pytest
 
 from cxrstudy.errors import DataError
 from cxrstudy.labels import LABELS
-from cxrstudy.schema import COLUMNS
-from cxrstudy.sources import open_source
-from cxrstudy.sources.metadata import MetadataSource, shipped_csv
+from cxrstudy.data.schema import COLUMNS
+from cxrstudy.data.sources import open_source
+from cxrstudy.data.sources.metadata import MetadataSource, shipped_csv
 
 from realdata_fixtures import write_png8
 

@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 
 from cxrstudy.errors import DataError
-from cxrstudy.images import to_uint8_by_range
+from cxrstudy.data.images import to_uint8_by_range
 from cxrstudy.labels import LABELS
-from cxrstudy.schema import COLUMNS
-from cxrstudy.sources import open_source
-from cxrstudy.sources.nih import index_images, parse_age
-from cxrstudy.sources.padchest import PadChestSource
+from cxrstudy.data.schema import COLUMNS
+from cxrstudy.data.sources import open_source
+from cxrstudy.data.sources.nih import index_images, parse_age
+from cxrstudy.data.sources.padchest import PadChestSource
 
 from realdata_fixtures import (
     CXP_COLUMNS,

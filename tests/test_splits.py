@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxrstudy.splits import assign_splits, check_no_leakage, subject_splits
+from cxrstudy.data.split import assign_splits, check_no_leakage, subject_splits
 
 
 def test_split_matches_the_protocol_by_hand():
@@ -52,7 +52,7 @@ def test_split_of_a_subject_does_not_depend_on_other_hospitals_rows_order():
 
 @pytest.mark.parametrize("env", ["cxp", "nih", "pad"])
 def test_no_leakage_on_real_metadata(env):
-    from cxrstudy.sources import open_source
+    from cxrstudy.data.sources import open_source
 
     table = open_source(env, "metadata").table()
     split = assign_splits(table)

@@ -16,11 +16,11 @@ import pytest
 from cxrstudy.errors import DataError, UsageError
 from cxrstudy.hospitals import HOSPITALS
 from cxrstudy.labels import DISEASES, LABELS
-from cxrstudy.schema import AGE_BINS, COLUMNS, SEXES
-from cxrstudy.sources import open_source
-from cxrstudy.synthetic import RENDERER_VERSION, SyntheticConfig, SyntheticSource, load_patterns, render
-from cxrstudy.synthetic.patterns import MIMIC_PUBLISHED, prevalence, rake
-from cxrstudy.synthetic.render import _site_params
+from cxrstudy.data.schema import AGE_BINS, COLUMNS, SEXES
+from cxrstudy.data.sources import open_source
+from cxrstudy.data.synthetic import RENDERER_VERSION, SyntheticConfig, SyntheticSource, load_patterns, render
+from cxrstudy.data.synthetic.patterns import MIMIC_PUBLISHED, prevalence, rake
+from cxrstudy.data.synthetic.render import _site_params
 
 SMALL = SyntheticConfig(n_patients=60, seed=3)
 
@@ -168,7 +168,7 @@ def test_images_deterministic_in_any_order_and_process():
         assert np.array_equal(other.read_image(p, 48), img)
     digest = hashlib.sha256(first[2].tobytes()).hexdigest()
     code = (
-        "import hashlib; from cxrstudy.synthetic import SyntheticSource, SyntheticConfig; "
+        "import hashlib; from cxrstudy.data.synthetic import SyntheticSource, SyntheticConfig; "
         "s = SyntheticSource('pad', SyntheticConfig(n_patients=60, seed=3)); "
         f"print(hashlib.sha256(s.read_image({paths[2]!r}, 48).tobytes()).hexdigest())"
     )

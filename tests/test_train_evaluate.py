@@ -13,13 +13,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-import cxrstudy.trainer as trainer_mod
-from cxrstudy.config import TrainConfig, config_from_params
-from cxrstudy.dataspec import DataSpec
+import cxrstudy.train.loop as trainer_mod
+from cxrstudy.train.config import TrainConfig, config_from_params
+from cxrstudy.data.dataspec import DataSpec
 from cxrstudy.errors import DataError, UsageError
-from cxrstudy.evaluation import evaluate, load_trained
-from cxrstudy.synthetic import SyntheticConfig
-from cxrstudy.train_run import run_training
+from cxrstudy.evaluate.predict import evaluate
+from cxrstudy.tracking.registry import load_trained
+from cxrstudy.data.synthetic import SyntheticConfig
+from cxrstudy.runs.train import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,7 +166,7 @@ def test_bad_inputs_get_one_clear_message(store, tmp_path, capsys):
         evaluate_entry.main(["--model_uri", "models:/no-such-model@latest"])
     assert e.value.code == 1 and "no-such-model" in capsys.readouterr().err
     with pytest.raises(UsageError, match="needs at least two"):
-        config_from_params({**{k: v for k, v in __import__("cxrstudy.config").config.TRAIN_PARAMS.items()},
+        config_from_params({**{k: v for k, v in __import__("cxrstudy.train.config").train.config.TRAIN_PARAMS.items()},
                             "envs": "cxp", "balance": "hospital_label"})
 
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from cxrstudy.augment import augment, random_affine, sampling_grid
-from cxrstudy.balancing import hospital_label_balance, parse_balance, size_match
-from cxrstudy.batches import EqualShareBatches, HospitalPool, shares
+from cxrstudy.train.augment import augment, random_affine, sampling_grid
+from cxrstudy.train.balancing import hospital_label_balance, parse_balance, size_match
+from cxrstudy.data.loader import EqualShareBatches, HospitalPool, shares
 from cxrstudy.errors import DataError, UsageError
-from cxrstudy.models import build_model
+from cxrstudy.train.models import build_model
 
 
 def _pool(env, n, prev, seed, size=8):
@@ -147,7 +147,7 @@ def test_sampling_grid_equals_affine_grid():
 def test_chunked_cpu_augment_equals_one_whole_batch_resample():
     import torch.nn.functional as F
 
-    from cxrstudy import augment as aug
+    from cxrstudy.train import augment as aug
 
     x = torch.rand(40, 1, 224, 224)
     out = augment(x, torch.Generator().manual_seed(5))  # 16-image chunks on the CPU

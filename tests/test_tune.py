@@ -14,12 +14,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-import cxrstudy.trainer as trainer_mod
-from cxrstudy.config import TRAIN_PARAMS, config_from_params
+import cxrstudy.train.loop as trainer_mod
+from cxrstudy.train.config import TRAIN_PARAMS, config_from_params
 from cxrstudy.errors import UsageError
-from cxrstudy.train_run import HASH_TAG
-from cxrstudy.tune_storage import HEARTBEAT_ATTR, HeartbeatJournalStorage, parse_storage
-from cxrstudy.tuning import PARENT_ATTR, RUN_ID_ATTR, SPEC_ATTR, TUNE_PARAMS, StudyWorker, run_tune, tune_from_params
+from cxrstudy.tracking import keys
+from cxrstudy.tune.storage import HeartbeatJournalStorage, parse_storage
+from cxrstudy.runs.tune import PARENT_ATTR, RUN_ID_ATTR, TUNE_PARAMS, StudyWorker, run_tune, tune_from_params
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"envs": "cxp,nih", "label": "Any", "preset": "cpu", "image_size": "32", "synthetic_patients": "200",
@@ -113,7 +113,7 @@ def test_storage_urls(tmp_path):
 
 
 def test_augment_strength_is_a_train_parameter(tmp_path):
-    from cxrstudy.trainer import augment_kwargs
+    from cxrstudy.train.loop import augment_kwargs
 
     raw = {**TRAIN_PARAMS, "preset": "cpu"}
     default = config_from_params(raw)
@@ -149,7 +149,7 @@ def test_one_process_logs_a_parent_and_one_nested_run_per_trial(store, capsys):
         assert params["optuna.trial_number"] == str(n) and r.info.status == "FINISHED"
         for k in ("lr", "weight_decay", "batch_size", "augment_strength", "cfg.config_hash"):
             assert k in params
-        assert HASH_TAG not in tags  # `train` must never mistake a trial for a trained, registered model
+        assert keys.CONFIG_HASH_TAG not in tags  # `train` must never mistake a trial for a trained, registered model
         hist = client.get_metric_history(r.info.run_id, "val/macro_f1")
         if tags["optuna.trial_state"] == "COMPLETE":
             assert sorted(m.step for m in hist) == [10, 20]
@@ -227,12 +227,12 @@ def test_a_trial_whose_process_died_is_failed_and_retried(store):
 
     storage = HeartbeatJournalStorage(JournalFileBackend(s.storage.target), heartbeat_interval=1, grace_period=3)
     study = optuna.create_study(storage=storage, study_name=s.study_name, direction="maximize")
-    study.set_user_attr(SPEC_ATTR, s.spec())
+    study.set_user_attr(keys.TUNE_SPEC_ATTR, s.spec())
     study.set_user_attr(PARENT_ATTR, dead_parent)
     trial = study.ask()
     params = s.space.suggest(trial)
     trial.set_user_attr(RUN_ID_ATTR, dead_trial)
-    storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, time.time() - 60)
+    storage.set_trial_system_attr(trial._trial_id, keys.TUNE_HEARTBEAT_ATTR, time.time() - 60)
 
     out = run_tune(s, progress=False)
     study = load_study(s)
@@ -263,7 +263,7 @@ def test_surplus_trials_are_dropped_before_they_run(store):
 # ----------------------------------------------------------------------------- two processes
 
 def test_two_processes_share_one_study(store, tmp_path):
-    from cxrstudy.server import local_server
+    from cxrstudy.tracking.server import local_server
 
     journal = tmp_path / "shared" / "study.log"
     args = {**TINY, "n_trials": "4", "max_steps": "30", "pruner": "none", "storage": f"journal:{journal}"}

@@ -1,0 +1,228 @@
+"""Memory-mapped image cache: one (hospital, split, image size) written once, read many times.
+
+Layout of one entry, ``<cache_dir>/<kind>/<env>/<split>-<size>px-<key>/``:
+
+- ``images.u8``     raw uint8 array of shape (n_slots, size, size), memory-mapped
+- ``index.csv``     the harmonised rows that decoded, with ``slot`` (row in images.u8)
+- ``skipped.csv``   rows whose image was missing, truncated or corrupt, with the reason
+- ``manifest.json`` key, shape, counts; written last
+
+The key is a hash of everything that determines the bytes (source fingerprint, rows, size,
+format version), so re-running with the same inputs finds the entry and does nothing.
+A build writes into ``<entry>.partial/`` and records finished chunks in ``done.npy``; a
+killed build resumes from there, and only a complete build is renamed into place, so a
+reader never sees a half-written entry.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from cxrstudy.data.sources.base import Source
+
+FORMAT_VERSION = 1
+CHUNK = 256  # images per task: big enough to amortise pickling, small enough to resume finely
+
+
+@dataclass
+class CacheEntry:
+    path: Path
+    index: pd.DataFrame  # harmonised rows that decoded, with a ``slot`` column
+    manifest: dict
+
+    @property
+    def key(self) -> str:
+        return self.manifest["key"]
+
+    @property
+    def size(self) -> int:
+        return int(self.manifest["size"])
+
+    def images(self) -> np.memmap:
+        """The (n_slots, size, size) uint8 array, opened read-only (cheap; pages load on demand)."""
+        shape = tuple(self.manifest["shape"])
+        if shape[0] == 0:
+            return np.zeros(shape, dtype=np.uint8)
+        return np.memmap(self.path / "images.u8", dtype=np.uint8, mode="r", shape=shape)
+
+    def skipped(self) -> pd.DataFrame:
+        return pd.read_csv(self.path / "skipped.csv", dtype=str, keep_default_na=False)
+
+
+def cache_key(source: Source, rows: pd.DataFrame, split: str, size: int) -> str:
+    h = hashlib.sha256()
+    h.update(f"v{FORMAT_VERSION}|{source.kind}|{source.env}|{split}|{size}|{source.fingerprint()}|".encode())
+    h.update(pd.util.hash_pandas_object(rows[["path", "subject_id"]], index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def entry_dir(cache_dir, source: Source, split: str, size: int, key: str) -> Path:
+    return Path(cache_dir) / source.kind / source.env / f"{split}-{size}px-{key}"
+
+
+def open_entry(path: Path) -> CacheEntry:
+    manifest = json.loads((path / "manifest.json").read_text())
+    index = pd.read_csv(path / "index.csv", dtype={"subject_id": str, "study_id": str, "path": str,
+                                                    "view": str, "sex": str, "age_bin": str},
+                        keep_default_na=False)
+    return CacheEntry(path=path, index=index, manifest=manifest)
+
+
+def find_entry(cache_dir, source: Source, rows: pd.DataFrame, split: str, size: int) -> CacheEntry | None:
+    path = entry_dir(cache_dir, source, split, size, cache_key(source, rows, split, size))
+    return open_entry(path) if (path / "manifest.json").is_file() else None
+
+
+# ---- worker side -------------------------------------------------------------------------
+_W: dict = {}
+
+
+def _init_worker(source: Source, images_path: str, shape: tuple) -> None:
+    _W["source"] = source
+    _W["images"] = np.memmap(images_path, dtype=np.uint8, mode="r+", shape=shape)
+    _W["size"] = shape[1]
+
+
+def _decode_chunk(chunk_id: int, start: int, paths: list[str]) -> tuple[int, list[tuple[int, str]]]:
+    """Decode ``paths`` into slots start.. of the memmap; return failures as (slot, reason)."""
+    src, images, size = _W["source"], _W["images"], _W["size"]
+    failures = []
+    for i, p in enumerate(paths):
+        try:
+            images[start + i] = src.read_image(p, size)
+        except Exception as e:  # corrupt, truncated or missing: counted, never fatal
+            images[start + i] = 0
+            failures.append((start + i, f"{type(e).__name__}: {e}"[:300]))
+    images.flush()
+    return chunk_id, failures
+
+
+# ---- builder -----------------------------------------------------------------------------
+def _pool_context():
+    # fork starts workers in milliseconds and shares the source's table without pickling it;
+    # the workers only decode images and write to the memmap.
+    methods = mp.get_all_start_methods()
+    return mp.get_context("fork" if "fork" in methods else "spawn")
+
+
+def build_entry(
+    source: Source,
+    rows: pd.DataFrame,
+    split: str,
+    size: int,
+    cache_dir,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+) -> CacheEntry:
+    """Return the cache entry for ``rows`` (one hospital's split), building it if needed."""
+    rows = rows.reset_index(drop=True)
+    key = cache_key(source, rows, split, size)
+    final = entry_dir(cache_dir, source, split, size, key)
+    if (final / "manifest.json").is_file():
+        return open_entry(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # One builder per entry at a time (parallel grid workers may ask for the same one).
+    with open(final.with_name(final.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "manifest.json").is_file():
+            return open_entry(final)
+        _build(source, rows, split, size, key, final, workers=workers, progress=progress)
+    return open_entry(final)
+
+
+def _build(source, rows, split, size, key, final: Path, *, workers, progress) -> None:
+    partial = final.with_name(final.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    n = len(rows)
+    shape = (n, size, size)
+    n_chunks = (n + CHUNK - 1) // CHUNK
+    images_path = partial / "images.u8"
+    done_path = partial / "done.npy"
+    fail_path = partial / "failures.jsonl"
+    expected_bytes = n * size * size
+    fresh = not images_path.exists() or images_path.stat().st_size != expected_bytes or not done_path.exists()
+    if fresh:
+        with open(images_path, "wb") as f:
+            f.truncate(expected_bytes)
+        done = np.zeros(n_chunks, dtype=bool)
+        np.save(done_path, done)
+        fail_path.write_text("")
+    done = np.load(done_path)
+    todo = [c for c in range(n_chunks) if not done[c]]
+    paths = rows["path"].tolist()
+    failures: dict[int, str] = {}
+    for line in fail_path.read_text().splitlines():
+        rec = json.loads(line)
+        failures[int(rec["slot"])] = rec["reason"]
+
+    def mark_done(chunk_id, chunk_failures):
+        done[chunk_id] = True
+        with open(fail_path, "a") as f:
+            for slot, reason in chunk_failures:
+                failures[slot] = reason
+                f.write(json.dumps({"slot": slot, "reason": reason}) + "\n")
+        tmp = partial / "done.tmp.npy"
+        np.save(tmp, done)
+        os.replace(tmp, done_path)
+
+    if todo:
+        desc = f"cache {source.env}/{split} {size}px"
+        bar = tqdm(total=n, initial=n - sum(min(CHUNK, n - c * CHUNK) for c in todo), desc=desc,
+                   unit="img", disable=not progress, dynamic_ncols=True)
+        workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+        if len(todo) <= 2:  # starting processes costs more than it saves
+            workers = 1
+        if workers == 1:
+            _init_worker(source, str(images_path), shape)
+            try:
+                for c in todo:
+                    cid, fl = _decode_chunk(c, c * CHUNK, paths[c * CHUNK:(c + 1) * CHUNK])
+                    mark_done(cid, fl)
+                    bar.update(min(CHUNK, n - c * CHUNK))
+            finally:
+                _W.clear()
+        else:
+            with ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker,
+                                     initargs=(source, str(images_path), shape)) as pool:
+                futures = [pool.submit(_decode_chunk, c, c * CHUNK, paths[c * CHUNK:(c + 1) * CHUNK]) for c in todo]
+                for fut in as_completed(futures):
+                    cid, fl = fut.result()
+                    mark_done(cid, fl)
+                    bar.update(min(CHUNK, n - cid * CHUNK))
+        bar.close()
+
+    ok = np.ones(n, dtype=bool)
+    ok[list(failures)] = False
+    index = rows.loc[ok].copy()
+    index.insert(0, "slot", np.flatnonzero(ok))
+    index.to_csv(partial / "index.csv", index=False)
+    skipped = rows.loc[~ok, ["subject_id", "path"]].copy()
+    skipped.insert(0, "env", source.env)
+    skipped["reason"] = [failures[i] for i in np.flatnonzero(~ok)]
+    skipped.to_csv(partial / "skipped.csv", index=False)
+    manifest = {
+        "key": key, "format_version": FORMAT_VERSION, "env": source.env, "kind": source.kind,
+        "split": split, "size": size, "shape": list(shape), "n_rows": n,
+        "n_images": int(ok.sum()), "n_skipped": int((~ok).sum()),
+        "source_fingerprint": source.fingerprint(),
+    }
+    (partial / "manifest.tmp").write_text(json.dumps(manifest, indent=1))
+    os.replace(partial / "manifest.tmp", partial / "manifest.json")
+    for tmp in ("done.npy", "failures.jsonl"):
+        (partial / tmp).unlink(missing_ok=True)
+    if final.exists():  # left by an older crashed rename: replace it
+        shutil.rmtree(final)
+    os.replace(partial, final)

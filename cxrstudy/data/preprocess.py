@@ -1,0 +1,59 @@
+"""Preprocessing: harmonised tables, the subject-wise split and the image cache, per hospital."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from cxrstudy.data.cache import CacheEntry
+from cxrstudy.data.dataspec import DataSpec
+from cxrstudy.data.split import SPLITS
+from cxrstudy.data.stats import dataset_stats
+from cxrstudy.errors import DataError
+
+
+@dataclass
+class PreprocessResult:
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    entries: dict[tuple[str, str], CacheEntry] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    dropped_missing: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def stats(self) -> pd.DataFrame:
+        return dataset_stats(pd.concat(self.tables.values(), ignore_index=True))
+
+    @property
+    def skipped(self) -> pd.DataFrame:
+        frames = [e.skipped().assign(split=split) for (_, split), e in self.entries.items()]
+        cols = ["env", "split", "subject_id", "path", "reason"]
+        return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
+def preprocess(spec: DataSpec, envs: list[str], *, workers: int | None = None, progress: bool = True,
+               build_cache: bool = True) -> PreprocessResult:
+    """Build every hospital's table, split and (when the source has images) cache entries.
+
+    In metadata mode mimic is skipped with a note (MIMIC-CXR is not shipped in torchxrayvision).
+    """
+    result = PreprocessResult()
+    for env in envs:
+        try:
+            source = spec.open(env)
+        except DataError as e:
+            if spec.source == "metadata" and env == "mimic":
+                result.notes.append(f"mimic skipped: {e}")
+                continue
+            raise
+        result.tables[env] = spec.table(env)
+        result.dropped_missing[env] = source.dropped_missing
+        result.notes.extend(source.notes)
+        if build_cache and source.has_images:
+            for split in SPLITS:
+                result.entries[(env, split)] = spec.entry(env, split, workers=workers, progress=progress)
+    if not result.tables:
+        raise DataError(f"no hospital could be read from source={spec.source} (asked for {', '.join(envs)})")
+    return result
+
+

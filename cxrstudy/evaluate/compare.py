@@ -1,0 +1,118 @@
+"""One setting of the study: does adding hospital B to hospital A's training data lower WGA?
+
+A setting is (base A, added B, label, balance). For each seed the model trained on A alone and
+the model trained on A+B (balanced as asked) are scored on A's and B's test splits; delta =
+WGA(A+B) - WGA(A) over the four (hospital, label value) groups. The setting is *hurt* when the
+mean delta over seeds is below 0; its 95% CI comes from a paired, patient-level bootstrap that
+resamples the shared test subjects once for every seed's pair of models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from cxrstudy.errors import UsageError
+from cxrstudy.evaluate.bootstrap import mean_delta_bootstrap
+from cxrstudy.evaluate.metrics import evaluate_predictions
+from cxrstudy.evaluate.predict import predict_test
+from cxrstudy.labels import label_key
+from cxrstudy.tracking.registry import load_trained
+from cxrstudy.train.config import TrainConfig, normalise_envs
+
+
+@dataclass(frozen=True)
+class Setting:
+    base: str
+    added: str
+    label: str
+    balance: str = "none"
+
+    def __post_init__(self):
+        if self.base == self.added:
+            raise UsageError(f"base and added must be different hospitals; both are {self.base!r}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.base}+{self.added}/{label_key(self.label)}/{self.balance}"
+
+
+def single_config(template: TrainConfig, env: str, label: str, seed: int) -> TrainConfig:
+    return dataclasses.replace(template, envs=(env,), label=label, seed=seed, balance="none")
+
+
+def pair_config(template: TrainConfig, setting: Setting, seed: int) -> TrainConfig:
+    envs = normalise_envs([setting.base, setting.added], setting.balance)
+    return dataclasses.replace(template, envs=envs, label=setting.label, seed=seed, balance=setting.balance)
+
+
+def compare_key(setting: Setting, seeds, single_hashes, pair_hashes, n_bootstrap: int) -> str:
+    d = {"setting": dataclasses.asdict(setting), "seeds": list(seeds), "single": list(single_hashes),
+         "pair": list(pair_hashes), "n_bootstrap": n_bootstrap, "version": 1}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_predictions(model_uri: str, run_id: str, envs: list[str], cache_dir: str, device: str = "auto",
+                       progress: bool = False) -> pd.DataFrame:
+    """Test-split predictions of a trained model on ``envs``, memoised on disk per (run, hospital)."""
+    frames = []
+    trained = None
+    for env in envs:
+        path = Path(cache_dir) / "predictions" / run_id / f"{env}.csv"
+        if path.is_file():
+            frames.append(pd.read_csv(path, dtype={"subject_id": str, "env": str}))
+            continue
+        trained = trained or load_trained(model_uri)
+        df = predict_test(trained.model, trained.spec, [env], trained.label, trained.threshold, device=device,
+                          progress=progress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Callable[[TrainConfig], dict], *,
+            n_bootstrap: int = 1000, device: str = "auto") -> dict:
+    """Train (or reuse) the models of a setting for every seed, evaluate, and summarise.
+
+    ``train(cfg)`` returns a dict with ``run_id`` and ``model_uri`` (e.g. train_run.run_training).
+    """
+    envs = [setting.base, setting.added]
+    cache_dir = template.data.cache_dir
+    pairs, per_seed, runs = [], [], {"single": [], "pair": []}
+    for seed in seeds:
+        s_res = train(single_config(template, setting.base, setting.label, seed))
+        p_res = train(pair_config(template, setting, seed))
+        runs["single"].append(s_res["run_id"])
+        runs["pair"].append(p_res["run_id"])
+        df_s = cached_predictions(s_res["model_uri"], s_res["run_id"], envs, cache_dir, device)
+        df_p = cached_predictions(p_res["model_uri"], p_res["run_id"], envs, cache_dir, device)
+        pairs.append((df_s, df_p))
+        ms = evaluate_predictions(df_s, expected_envs=envs)
+        mp = evaluate_predictions(df_p, expected_envs=envs)
+        per_seed.append({"seed": seed, "wga_single": ms["wga"], "wga_pair": mp["wga"],
+                         "group_single": ms["wga_group"], "group_pair": mp["wga_group"],
+                         "delta": mp["wga"] - ms["wga"]})
+    boot = mean_delta_bootstrap(pairs, n_resamples=n_bootstrap, seed=0, expected_envs=envs)
+    delta = float(np.mean([r["delta"] for r in per_seed]))
+    return {
+        "wga_single": float(np.mean([r["wga_single"] for r in per_seed])),
+        "wga_pair": float(np.mean([r["wga_pair"] for r in per_seed])),
+        "delta_wga": delta,
+        "delta_ci_low": float(boot["low"]),
+        "delta_ci_high": float(boot["high"]),
+        "hurt": int(delta < 0),
+        "n_seeds": len(seeds),
+        "per_seed": per_seed,
+        "runs": runs,
+    }

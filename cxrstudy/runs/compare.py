@@ -1,0 +1,56 @@
+"""The tracked body of the ``compare`` entry point: one setting's comparison (single-hospital
+vs two-hospital models, every seed) as an MLflow run, reused when an identical one has FINISHED."""
+
+from __future__ import annotations
+
+import sys
+
+import mlflow
+
+from cxrstudy.evaluate.compare import Setting, compare, compare_key, pair_config, single_config
+from cxrstudy.labels import label_key
+from cxrstudy.runs.train import run_training
+from cxrstudy.tracking import keys
+from cxrstudy.tracking import runs as tracking
+from cxrstudy.train.config import TrainConfig
+
+
+def run_compare(setting: Setting, template: TrainConfig, seeds: list[int], *, n_bootstrap: int = 1000,
+                device: str = "auto", force: bool = False, parent_run_id: str | None = None,
+                progress: bool = True) -> dict:
+    """The tracked comparison of one setting (reused when an identical one has FINISHED)."""
+    single_h = [single_config(template, setting.base, setting.label, s).content_hash() for s in seeds]
+    pair_h = [pair_config(template, setting, s).content_hash() for s in seeds]
+    key = compare_key(setting, seeds, single_h, pair_h, n_bootstrap)
+    if not force:
+        done = tracking.find_finished(keys.COMPARE_KEY_TAG, key)
+        if done is not None:
+            return {"run_id": done.info.run_id, "reused": True,
+                    **{k.split("/", 1)[1]: v for k, v in done.data.metrics.items() if k.startswith(keys.COMPARE_PREFIX)}}
+    tags = {keys.ENTRY_TAG: keys.ENTRY_COMPARE, keys.COMPARE_KEY_TAG: key, "base": setting.base, "added": setting.added,
+            "label": setting.label, "balance": setting.balance, "source": template.data.source,
+            "seeds": ",".join(map(str, seeds))}
+    name = f"compare-{setting.base}+{setting.added}-{label_key(setting.label)}-{setting.balance}"
+    with tracking.run(run_name=name, tags=tags, nested=parent_run_id is not None or mlflow.active_run() is not None,
+                      parent_run_id=parent_run_id) as active:
+        tracking.mark_synthetic(template.data.is_synthetic)
+        me = active.info.run_id
+
+        def train(cfg):
+            return run_training(cfg, device=device, progress=progress, parent_run_id=me)
+
+        res = compare(setting, template, seeds, train, n_bootstrap=n_bootstrap, device=device)
+        tracking.log_params({"seeds": ",".join(map(str, seeds)), "n_bootstrap": n_bootstrap,
+                             "single_config_hashes": ",".join(single_h), "pair_config_hashes": ",".join(pair_h)},
+                            prefix="cfg.")
+        mlflow.log_metrics({keys.compare_metric(k): float(res[k]) for k in keys.COMPARE_METRICS if k in res})
+        for r in res["per_seed"]:
+            mlflow.log_metrics({keys.COMPARE_PREFIX + f"seed{r['seed']}/delta_wga": r["delta"],
+                                keys.COMPARE_PREFIX + f"seed{r['seed']}/wga_single": r["wga_single"],
+                                keys.COMPARE_PREFIX + f"seed{r['seed']}/wga_pair": r["wga_pair"]})
+        mlflow.set_tags({f"{keys.ARM_SINGLE}_runs": ",".join(res["runs"][keys.ARM_SINGLE]), f"{keys.ARM_PAIR}_runs": ",".join(res["runs"][keys.ARM_PAIR])})
+        tracking.log_json(res["per_seed"], "per_seed.json")
+        print(f"{setting.name}: WGA single {res['wga_single']:.3f} -> pair {res['wga_pair']:.3f}, "
+              f"delta {res['delta_wga']:+.3f} [{res['delta_ci_low']:+.3f}, {res['delta_ci_high']:+.3f}]"
+              f"{'  HURT' if res['hurt'] else ''}", file=sys.stderr)
+        return {"run_id": me, "reused": False, **{k: v for k, v in res.items() if k not in ("per_seed", "runs")}}

@@ -1,0 +1,198 @@
+"""The local launcher: the grid's cells in this process, or in N parallel worker processes.
+
+Parallel workers are ``python entrypoints/train.py`` subprocesses, each nested under the study's
+parent run and given ``cores / N`` CPU threads. With a SQLite store they log through one local
+``mlflow server`` (see :mod:`cxrstudy.tracking.server`): SQLite behind one process, no 'database is
+locked'. On a node with several visible GPUs every worker slot owns one GPU
+(``CUDA_VISIBLE_DEVICES``); ``workers=auto`` starts one worker per GPU, and two workers share a
+GPU only when more workers than GPUs are asked for explicitly. A cell whose configuration
+already has a FINISHED run is skipped, so a killed study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from cxrstudy.errors import DataError, UsageError
+from cxrstudy.runs.train import find_trained, run_training
+from cxrstudy.tracking import keys
+from cxrstudy.train.config import TrainConfig, config_to_params
+
+ROOT = Path(__file__).resolve().parents[3]
+
+#: HTTP retry settings for workers talking to a tracking server (a user's own values win):
+#: 10 retries with exponential backoff (capped at 120 s each) ride out a server restart of
+#: several minutes; retried requests are safe because runs are created idempotently
+#: (see :mod:`cxrstudy.runs.launchers.job`).
+HTTP_RETRY_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "10",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
+}
+
+
+def http_retry_env(environ=None) -> dict:
+    environ = os.environ if environ is None else environ
+    return {k: environ.get(k, v) for k, v in HTTP_RETRY_ENV.items()}
+
+
+def pending(cells: list[TrainConfig]) -> list[TrainConfig]:
+    return [c for c in cells if find_trained(c) is None]
+
+
+def mark_orphans_failed(cfg: TrainConfig, extra_filter: str = "") -> None:
+    """A worker that died (killed, out of memory) cannot end its run: mark it FAILED for it."""
+    from mlflow.tracking import MlflowClient
+
+    from cxrstudy.runs.train import search_training_runs
+
+    client = MlflowClient()
+    for run in search_training_runs(f"tags.`{keys.CONFIG_HASH_TAG}` = '{cfg.content_hash()}' and attributes.status = 'RUNNING'"
+                                    + extra_filter):
+        client.set_terminated(run.info.run_id, "FAILED")
+
+
+def train_argv(cfg: TrainConfig, parent_run_id: str | None, device: str) -> list[str]:
+    params = {**config_to_params(cfg), "device": device, "parent_run_id": parent_run_id or ""}
+    cmd = [sys.executable, str(ROOT / "entrypoints" / "train.py")]
+    for k, v in params.items():
+        cmd += [f"--{k}", v]
+    return cmd
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids workers may be given: the parent's ``CUDA_VISIBLE_DEVICES`` entries when it is
+    set (so ``CUDA_VISIBLE_DEVICES=2,3`` spreads over GPUs 2 and 3), else ``0..n-1``."""
+    n = gpu_count()
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        ids = [g.strip() for g in given.split(",") if g.strip()]
+        return ids[:n] if n else []
+    return [str(i) for i in range(n)]
+
+
+def resolve_workers(value, gpus: list[str] | None = None) -> int:
+    """``auto`` -> one worker per visible GPU (1 without a GPU); an integer as given. Asking for
+    more workers than GPUs on a multi-GPU node is allowed (they share) and said once."""
+    gpus = visible_gpus() if gpus is None else gpus
+    v = str(value).strip().lower()
+    if v in ("", "auto"):
+        return max(1, len(gpus))
+    try:
+        n = int(v)
+    except ValueError:
+        raise UsageError(f"parameter workers={value!r} is not an integer or 'auto'") from None
+    if not 1 <= n <= 256:
+        raise UsageError(f"parameter workers={n} is out of range; expected 1..256 or auto")
+    if len(gpus) > 1 and n > len(gpus):
+        print(f"note: {n} workers on {len(gpus)} GPUs: some GPUs run two workers (workers=auto runs one per GPU)",
+              file=sys.stderr)
+    return n
+
+
+def slot_gpu(slot: int, gpus: list[str]) -> str | None:
+    """The GPU a worker slot owns on a multi-GPU node (None: leave CUDA_VISIBLE_DEVICES alone)."""
+    return gpus[slot % len(gpus)] if len(gpus) > 1 else None
+
+
+def worker_env(i: int, workers: int, tracking_uri: str, experiment_id: str, gpus: list[str] | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_EXPERIMENT_ID=experiment_id,
+               OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    if str(tracking_uri).startswith(("http://", "https://")):
+        env.update(http_retry_env())
+    gpu = slot_gpu(i, visible_gpus() if gpus is None else gpus)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
+def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str | None = None,
+              device: str = "auto", tracking_uri: str | None = None, experiment_id: str | None = None,
+              log_dir: Path | None = None, progress: bool = True) -> None:
+    """Train every cell that has no FINISHED run. Raises DataError naming the cells that failed."""
+    todo = pending(cells)
+    if not todo:
+        return
+    if workers <= 1:
+        for cfg in tqdm(todo, desc="training grid", unit="model", disable=not progress):
+            run_training(cfg, device=device, parent_run_id=parent_run_id, progress=False)
+        return
+    log_dir = Path(log_dir or Path(cells[0].data.cache_dir) / "logs")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    failed = []
+    gpus = visible_gpus()
+
+    slots: queue.Queue = queue.Queue()
+    for i in range(workers):
+        slots.put(i)
+
+    def launch(cfg: TrainConfig) -> tuple[TrainConfig, int, Path]:
+        log = log_dir / f"train-{cfg.content_hash()}.log"
+        slot = slots.get()  # worker slot: decides the GPU on a multi-GPU node
+        try:
+            with open(log, "w") as fh:
+                rc = subprocess.run(train_argv(cfg, parent_run_id, device), stdout=fh, stderr=subprocess.STDOUT,
+                                    env=worker_env(slot, workers, tracking_uri, experiment_id, gpus),
+                                    cwd=ROOT).returncode
+        finally:
+            slots.put(slot)
+        return cfg, rc, log
+
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(launch, cfg) for cfg in todo]
+        bar = tqdm(total=len(futures), desc=f"training grid ({workers} workers)", unit="model", disable=not progress)
+        for fut in as_completed(futures):
+            cfg, rc, log = fut.result()
+            if rc != 0:
+                failed.append((cfg, rc, log))
+                mark_orphans_failed(cfg)
+                tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
+                print(f"cell {cell_name(cfg)} failed (exit {rc}): {tail[0] if tail else ''} [log: {log}]",
+                      file=sys.stderr)
+            bar.update(1)
+        bar.close()
+    if failed:
+        raise DataError(f"{len(failed)} of {len(todo)} training cells failed; their logs: "
+                        + ", ".join(str(f[2]) for f in failed[:5]) + "; run again to retry them")
+
+
+def cell_name(cfg: TrainConfig) -> str:
+    return f"{'+'.join(cfg.envs)}/{cfg.label}/{cfg.balance}/s{cfg.seed}"
+
+
+def run_local(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str | None = None,
+              device: str = "auto", tracking_uri: str, experiment_id: str, progress: bool = True) -> None:
+    """The grid on this machine. Parallel workers and a SQLite store: start a local ``mlflow
+    server`` in front of it for the grid's duration and point the workers at it."""
+    import mlflow
+
+    from cxrstudy.tracking.server import local_server
+
+    if workers > 1 and tracking_uri.startswith("sqlite:"):
+        db = Path(tracking_uri.split("sqlite:///", 1)[1])
+        with local_server(tracking_uri, db.parent / "mlartifacts") as url:
+            mlflow.set_tracking_uri(url)
+            try:
+                run_cells(cells, workers=workers, parent_run_id=parent_run_id, device=device, tracking_uri=url,
+                          experiment_id=experiment_id, progress=progress)
+            finally:
+                mlflow.set_tracking_uri(tracking_uri)
+    else:
+        run_cells(cells, workers=workers, parent_run_id=parent_run_id, device=device, tracking_uri=tracking_uri,
+                  experiment_id=experiment_id, progress=progress)

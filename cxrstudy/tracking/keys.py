@@ -1,0 +1,73 @@
+"""Every string that more than one module (or the analysis, or a user's query) relies on.
+
+Tags, MLflow metric prefixes, the names of the entry points as tagged, the arms of a
+comparison and the balance modes are defined here once and imported everywhere else. This
+module imports nothing but the standard library, so any layer may use it.
+"""
+
+from __future__ import annotations
+
+# --- run tags ---------------------------------------------------------------------------
+ENTRY_TAG = "cxrstudy.entry"  # which entry point made the run (values: ENTRY_* below)
+SYNTHETIC_TAG = "cxrstudy.synthetic"  # "true" on every run that used the synthetic hospitals
+CONFIG_HASH_TAG = "cxrstudy.config_hash"  # a training run's identity (config + data fingerprint)
+DATA_FINGERPRINT_TAG = "cxrstudy.data_fingerprint"  # the fingerprint of the data a training run read
+METHOD_TAG = "cxrstudy.method"  # the training method of a training run
+COMPARE_KEY_TAG = "cxrstudy.compare_key"  # a comparison's identity
+PROBE_KEY_TAG = "cxrstudy.probe_key"  # a probe's identity
+RESUMED_TAG = "cxrstudy.resumed"
+REUSED_RUN_TAG = "cxrstudy.reused_run"
+REUSED_CONFIG_HASH_TAG = "cxrstudy.reused_config_hash"
+SLURM_JOB_TAG = "cxrstudy.slurm_job"  # "<array job id>_<task id>" of the task that owns a run
+CELL_HASH_TAG = "cxrstudy.cell_hash"  # the config hash of the cell a Slurm task trains
+TUNE_STUDY_TAG = "cxrstudy.tune_study"
+TUNE_ROLE_TAG = "cxrstudy.tune_role"
+FAKE_TAG = "cxrstudy.fake"  # benchmark runs made by benchmarks/make_fake_comparisons.py
+CONSTANT_MODEL_TAG = "cxrstudy.constant_model"  # "true" when a model predicts one class on validation
+FAILED_REASON_TAG = "cxrstudy.failed_reason"
+
+# --- Optuna study/trial attributes ----------------------------------------------------------
+TUNE_SPEC_ATTR = "cxrstudy.spec"
+TUNE_SURPLUS_ATTR = "cxrstudy.surplus"
+TUNE_ERROR_ATTR = "cxrstudy.error"
+TUNE_HEARTBEAT_ATTR = "cxrstudy:heartbeat"
+
+# --- entry points, as tagged -----------------------------------------------------------------
+ENTRY_PREPROCESS = "preprocess"
+ENTRY_TRAIN = "train"
+ENTRY_EVALUATE = "evaluate"
+ENTRY_COMPARE = "compare"
+ENTRY_PROBE = "probe"
+ENTRY_MAIN = "main"
+ENTRY_ANALYZE = "analyze"
+ENTRY_TUNE = "tune"
+ENTRY_TUNE_TRIAL = "tune_trial"
+ENTRY_BENCHMARK = "benchmark"
+
+# --- the two arms of a comparison ------------------------------------------------------------
+ARM_SINGLE = "single"  # the base hospital alone
+ARM_PAIR = "pair"  # the base hospital plus the added one
+ARMS = (ARM_SINGLE, ARM_PAIR)
+
+# --- balance modes (data side) ----------------------------------------------------------------
+BALANCE_NONE = "none"
+BALANCE_HOSPITAL_LABEL = "hospital_label"
+BALANCE_SIZE_MATCHED = "size_matched"
+BALANCE_MODES = (BALANCE_NONE, BALANCE_HOSPITAL_LABEL, BALANCE_SIZE_MATCHED)
+BALANCE_TITLES = {BALANCE_NONE: "no balancing", BALANCE_HOSPITAL_LABEL: "hospital-label balancing",
+                  BALANCE_SIZE_MATCHED: "size-matched"}
+
+# --- metric prefixes -------------------------------------------------------------------------
+VAL_PREFIX = "val/"
+TEST_PREFIX = "test/"
+COMPARE_PREFIX = "compare/"
+PROBE_PREFIX = "probe/"
+ANALYSIS_PREFIX = "analysis/"
+# what a comparison run logs under COMPARE_PREFIX (analysis reads exactly these)
+COMPARE_METRICS = ("wga_single", "wga_pair", "delta_wga", "delta_ci_low", "delta_ci_high", "hurt", "n_seeds",
+                   "worst_group_n_single", "worst_group_n_pair")
+
+
+def compare_metric(name: str) -> str:
+    """The MLflow key of one comparison metric (``compare/<name>``)."""
+    return COMPARE_PREFIX + name

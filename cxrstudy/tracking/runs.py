@@ -1,0 +1,160 @@
+"""MLflow helpers: tracking URI, server reachability, runs, tags, safe parameter logging."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+
+from cxrstudy.errors import DataError
+from cxrstudy.tracking import keys
+
+SYNTHETIC_BANNER = (
+    "*** SYNTHETIC DATA: these hospitals are procedurally rendered by cxrstudy; "
+    "results say nothing about real patients. ***"
+)
+
+
+def tracking_uri() -> str:
+    """The tracking URI in use: ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db`` (absolute,
+    so runs do not 'disappear' when the working directory changes)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        uri = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def check_tracking_server(uri: str | None = None, timeout: float = 5.0) -> None:
+    """Fail fast with one clear message when an HTTP tracking server does not answer."""
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            if r.status != 200:
+                raise DataError(f"MLflow tracking server {uri} answered {r.status} on /health; expected 200")
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        reason = getattr(e, "reason", e)
+        raise DataError(
+            f"MLflow tracking server {uri} is unreachable ({reason}); start it or set MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def setup(experiment: str | None = None) -> str:
+    """Point MLflow at the tracking store, check it answers, and choose the experiment.
+
+    The experiment is the one ``mlflow run`` chose (``--experiment-name``), else
+    ``MLFLOW_EXPERIMENT_NAME``/``MLFLOW_EXPERIMENT_ID``, else ``experiment``, else MLflow's
+    ``Default`` -- the same place ``mlflow run`` puts runs, so both ways of starting an entry
+    point see each other's runs. Inside ``mlflow run`` never call ``set_experiment``
+    (MLflow raises an experiment/run-id mismatch).
+    """
+    uri = tracking_uri()
+    check_tracking_server(uri)
+    if experiment and not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        mlflow.set_experiment(experiment)
+    return uri
+
+
+def current_experiment_id() -> str:
+    """The experiment runs go to: the active run's, ``mlflow run``'s, or the one ``setup`` chose."""
+    active = mlflow.active_run()
+    if active is not None:
+        return active.info.experiment_id
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return mlflow.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
+    from mlflow.tracking.fluent import _get_experiment_id
+
+    return _get_experiment_id()  # honours set_experiment and MLFLOW_EXPERIMENT_NAME, else Default
+
+
+def find_finished(tag: str, value: str):
+    """The newest FINISHED run of the current experiment whose ``tag`` equals ``value``, or None
+    (how compare and probe reuse work already done)."""
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient().search_runs([current_experiment_id()],
+                                      f"tags.`{tag}` = '{value}' and attributes.status = 'FINISHED'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+@contextmanager
+def run(run_name: str | None = None, *, tags: dict | None = None, nested: bool = False, parent_run_id=None,
+        log_system_metrics: bool | None = None):
+    """Start (or, under ``mlflow run``, continue) a run; end it FAILED/KILLED on any exception."""
+    kwargs = dict(run_name=run_name, tags=tags, nested=nested, log_system_metrics=log_system_metrics)
+    if parent_run_id:
+        kwargs["parent_run_id"] = parent_run_id
+    active = mlflow.start_run(**kwargs)
+    try:
+        yield active
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def mark_synthetic(is_synthetic: bool) -> None:
+    """Tag the active run with its data kind; print a banner when the data is synthetic (once
+    per top-level run: nested runs of a study are tagged without repeating it)."""
+    mlflow.set_tag(keys.SYNTHETIC_TAG, str(bool(is_synthetic)).lower())
+    active = mlflow.active_run()
+    nested = active is not None and "mlflow.parentRunId" in active.data.tags
+    if is_synthetic and not nested:
+        print(SYNTHETIC_BANNER, file=sys.stderr, flush=True)
+
+
+def log_params(params: dict, prefix: str = "") -> None:
+    """Log parameters, skipping keys already logged with the same value (``mlflow run`` logs
+    the raw ``-P`` values first; resolved values go under other keys, e.g. ``cfg.``)."""
+    run = mlflow.active_run()
+    existing = mlflow.get_run(run.info.run_id).data.params if run else {}
+    out = {}
+    for k, v in params.items():
+        key = f"{prefix}{k}"
+        val = json.dumps(v) if isinstance(v, (dict, list, tuple)) else str(v)
+        if existing.get(key) == val[:6000]:
+            continue
+        out[key] = val[:6000]
+    if out:
+        mlflow.log_params(out)
+
+
+def log_json(obj, name: str) -> None:
+    mlflow.log_text(json.dumps(obj, indent=1, default=str), name)
+
+
+def log_dataset_input(entry, context: str) -> None:
+    """Record a cache entry as an MLflow dataset input (schema, counts and digest; no pixels, no paths)."""
+    import warnings
+
+    meta = entry.index.drop(columns=["path"])
+    with warnings.catch_warnings():  # MLflow's hints about source kinds and integer columns: not actionable here
+        warnings.simplefilter("ignore", UserWarning)
+        ds = mlflow.data.from_pandas(meta, source=str(entry.path), digest=entry.key,
+                                     name=f"{entry.manifest['env']}-{entry.manifest['split']}-{entry.size}px")
+        mlflow.log_input(ds, context=context)
+
+
+def log_batch(client, run_id: str, metrics: dict, tags: dict, *, timestamp_ms: int, step: int) -> None:
+    """Log metrics (all at ``step``) and tags to a run that need not be the active one, in one request."""
+    from mlflow.entities import Metric, RunTag
+
+    client.log_batch(run_id, metrics=[Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()],
+                     tags=[RunTag(k, str(v)) for k, v in tags.items()])

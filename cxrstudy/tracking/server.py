@@ -1,0 +1,56 @@
+"""A local ``mlflow server`` for parallel workers (SQLite behind one process: no 'database is locked')."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+from cxrstudy.errors import DataError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, timeout: float = 90.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise DataError(f"mlflow server exited with code {proc.returncode} before answering on {url}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise DataError(f"mlflow server at {url} did not answer /health within {timeout:.0f} s")
+
+
+@contextmanager
+def local_server(backend_uri: str, artifacts_dir: Path, host: str = "127.0.0.1", port: int | None = None):
+    """Start ``mlflow server`` on ``host`` (loopback by default), yield its URL, stop it at the end."""
+    port = port or free_port()
+    url = f"http://{host}:{port}"
+    log = open(Path(artifacts_dir).parent / f"mlflow-server-{port}.log", "w")
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
+           "--artifacts-destination", str(artifacts_dir), "--host", host, "--port", str(port), "--workers", "1"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_RUN_ID")}
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        wait_healthy(url, proc=proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

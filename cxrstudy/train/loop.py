@@ -1,0 +1,265 @@
+"""The training loop of one binary model (docs/PROTOCOL.md "Training"), free of MLflow.
+
+Data: the training hospitals' train splits (balanced as configured) feed equal-share batches;
+their val splits are scored every ``eval_every`` steps. The checkpoint with the best
+validation macro-F1 (at its best threshold on docs/PROTOCOL.md's grid) is kept; training stops
+after ``patience`` validations without improvement or at ``max_steps``. Every validation writes
+a resumable checkpoint (model, optimiser, step, early-stopping state); batches and
+augmentations are pure functions of (seed, step), so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from cxrstudy.data.loader import EqualShareBatches, HospitalPool, Prefetcher
+from cxrstudy.errors import DataError
+from cxrstudy.evaluate.metrics import evaluate_predictions, select_threshold
+from cxrstudy.train.augment import augment
+from cxrstudy.train.balancing import hospital_label_balance, prevalence, size_match
+from cxrstudy.train.config import TrainConfig
+from cxrstudy.train.device import autocast, prepare_input
+from cxrstudy.train.models import build_model
+
+
+@dataclass
+class EvalSet:
+    """Images of one or more hospitals' split, in a fixed order, with labels and identities."""
+
+    images: list  # per hospital: (memmap, slots)
+    frame: pd.DataFrame  # env, subject_id, y_true (row order = concatenated slots)
+
+
+@dataclass
+class TrainData:
+    pools: list[HospitalPool]
+    val: EvalSet
+    counts: dict = field(default_factory=dict)  # per-hospital counts/prevalence before and after balancing
+    entries: dict = field(default_factory=dict)  # (hospital, split) -> the CacheEntry the data came from
+
+
+def _label_of(entry, label):
+    return entry.index[label].to_numpy().astype(np.int64)
+
+
+def prepare_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
+    spec = cfg.data
+    train_e = {e: spec.entry(e, "train", progress=progress) for e in cfg.envs}
+    val_e = {e: spec.entry(e, "val", progress=progress) for e in cfg.envs}
+    ty = {e: _label_of(x, cfg.label) for e, x in train_e.items()}
+    vy = {e: _label_of(x, cfg.label) for e, x in val_e.items()}
+    for e in cfg.envs:
+        for split, y in (("train", ty[e]), ("val", vy[e])):
+            if len(y) == 0:
+                raise DataError(f"{e}/{split}: the split is empty")
+            if y.sum() == 0:
+                raise DataError(f"{e}/{split}: no positives for label {cfg.label!r}; cannot train or validate on it")
+    keep_t = {e: np.arange(len(y)) for e, y in ty.items()}
+    keep_v = {e: np.arange(len(y)) for e, y in vy.items()}
+    counts = {}
+    for e in cfg.envs:
+        counts[f"{e}/train/n_before"] = len(ty[e])
+        counts[f"{e}/train/prev_before"] = prevalence(ty[e])
+        counts[f"{e}/val/n_before"] = len(vy[e])
+        counts[f"{e}/val/prev_before"] = prevalence(vy[e])
+    if cfg.balance == "hospital_label":
+        keep_t, keep_v, target = hospital_label_balance(ty, vy, cfg.seed, cfg.label)
+        counts["balance/target_prevalence"] = target
+    elif cfg.balance == "size_matched":
+        keep_t = size_match(ty, cfg.envs[0], cfg.seed)
+    for e in cfg.envs:
+        counts[f"{e}/train/n"] = len(keep_t[e])
+        counts[f"{e}/train/prev"] = prevalence(ty[e][keep_t[e]])
+        counts[f"{e}/val/n"] = len(keep_v[e])
+        counts[f"{e}/val/prev"] = prevalence(vy[e][keep_v[e]])
+        if len(keep_t[e]) == 0 or len(keep_v[e]) == 0:
+            raise DataError(f"{e}: the train or val split is empty after balance={cfg.balance}")
+    pools = [HospitalPool(e, train_e[e].images(), train_e[e].index["slot"].to_numpy()[keep_t[e]], ty[e][keep_t[e]])
+             for e in cfg.envs]
+    val = eval_set({e: val_e[e] for e in cfg.envs}, cfg.label, keep=keep_v)
+    entries = {**{(e, "train"): x for e, x in train_e.items()}, **{(e, "val"): x for e, x in val_e.items()}}
+    return TrainData(pools=pools, val=val, counts=counts, entries=entries)
+
+
+def eval_set(entries: dict, label: str, keep: dict | None = None) -> EvalSet:
+    """An EvalSet over the given cache entries (hospital -> entry), optionally a subset of rows."""
+    images, frames = [], []
+    for e, entry in entries.items():
+        rows = entry.index if keep is None else entry.index.iloc[keep[e]]
+        images.append((entry.images(), rows["slot"].to_numpy()))
+        frames.append(pd.DataFrame({"env": e, "subject_id": rows["subject_id"].astype(str).to_numpy(),
+                                    "y_true": rows[label].to_numpy().astype(np.int64)}))
+    return EvalSet(images=images, frame=pd.concat(frames, ignore_index=True))
+
+
+def augment_kwargs(strength: float) -> dict | None:
+    """:func:`augment`'s keyword arguments for augmentation strength ``s`` (``None``: no augmentation).
+
+    ``s = 1`` is the paper's augmentation (flip p=0.5, rotation up to 10 degrees, crop area 0.75..1,
+    aspect 3/4..4/3); rotation grows as 10*s degrees, the crop's smallest area as 1 - 0.25*s (at
+    least 0.1), the aspect range as (4/3)**s, and the flip probability as 0.5*min(s, 1).
+    """
+    s = float(strength)
+    if s <= 0:
+        return None
+    r = (4 / 3) ** s
+    return {"max_rotation": 10.0 * s, "scale": (max(0.1, 1.0 - 0.25 * s), 1.0), "ratio": (1 / r, r),
+            "flip_p": 0.5 * min(s, 1.0)}
+
+
+def eval_batches(es: EvalSet, device: torch.device, batch_size: int = 256):
+    """``(k, x)`` for each batch of the eval set in frame order: ``k`` the batch's first row,
+    ``x`` the model input on ``device``. Images are read from the memmap one batch at a time."""
+    k = 0
+    for images, slots in es.images:
+        for i in range(0, len(slots), batch_size):
+            s = slots[i:i + batch_size]
+            yield k, prepare_input(torch.from_numpy(np.ascontiguousarray(images[s])).unsqueeze(1), device)
+            k += len(s)
+
+
+@torch.no_grad()
+def predict_scores(model: torch.nn.Module, es: EvalSet, device: torch.device, batch_size: int = 256,
+                   with_loss: bool = False):
+    """P(y=1) for every image of the eval set (and the mean cross-entropy if asked)."""
+    model.eval()
+    scores, losses = [], []
+    ys = torch.tensor(es.frame["y_true"].to_numpy(), dtype=torch.long)
+    for k, x in eval_batches(es, device, batch_size):
+        with autocast(device):
+            logits = model(x).float()
+        if with_loss:
+            losses.append(F.cross_entropy(logits, ys[k:k + len(x)].to(device), reduction="sum").item())
+        scores.append(torch.softmax(logits, 1)[:, 1].cpu())
+    out = torch.cat(scores).numpy().astype(np.float64) if scores else np.zeros(0)
+    return (out, sum(losses) / max(len(ys), 1)) if with_loss else out
+
+
+def validate(model, es: EvalSet, device) -> dict:
+    scores, loss = predict_scores(model, es, device, with_loss=True)
+    y = es.frame["y_true"].to_numpy()
+    thr, f1 = select_threshold(y, scores)
+    m = evaluate_predictions(es.frame.assign(y_score=scores), threshold=thr)
+    return {"loss": loss, "macro_f1": f1, "auroc": m["auroc"], "wga": m["wga"], "threshold": thr}
+
+
+@dataclass
+class TrainOutcome:
+    best_state: dict
+    threshold: float
+    best_step: int
+    best_score: float
+    last_step: int
+    stopped_early: bool
+    history: list
+    images_per_s: float
+
+    def metrics(self) -> dict:
+        """What a tracked run logs about the finished training (train and tune alike)."""
+        return {"best_step": self.best_step, "val/best_macro_f1": self.best_score, "threshold": self.threshold,
+                "last_step": self.last_step, "stopped_early": float(self.stopped_early),
+                "train/images_per_s": self.images_per_s}
+
+
+def validation_metrics(m: dict) -> dict:
+    """The metrics one validation step logs: ``val/*`` and ``train/loss`` (train and tune alike)."""
+    return {f"val/{k}": v for k, v in m.items() if k != "train_loss"} | {"train/loss": m["train_loss"]}
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, checkpoint_dir: Path,
+                on_eval: Callable[[int, dict], None] | None = None,
+                on_checkpoint: Callable[[Path], None] | None = None,
+                progress: bool = True) -> TrainOutcome:
+    """Train (or resume from ``checkpoint_dir/last.pt``) and return the best checkpoint."""
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.backbone, cfg.pretrained).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = {"step": 0, "best_score": -math.inf, "best_step": 0, "bad_evals": 0, "threshold": 0.5,
+             "history": [], "best_model": None}
+    last = checkpoint_dir / "last.pt"
+    if last.is_file():
+        ck = load_checkpoint(last)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        state = ck["state"]
+        if progress:
+            print(f"resuming from step {state['step']} ({last})", flush=True)
+    batches = EqualShareBatches(data.pools, cfg.batch_size, cfg.seed)
+    step = state["step"]
+    stopped = False
+    pin = device.type == "cuda"
+    prefetch = Prefetcher(batches, step, pin=pin)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {'+'.join(cfg.envs)} {cfg.label}", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    t0, seen = time.perf_counter(), 0
+    aug = augment_kwargs(cfg.augment_strength)
+    try:
+        while step < cfg.max_steps and not stopped:
+            model.train()
+            b_step, x_u8, y, _ = prefetch.next()
+            assert b_step == step
+            x = prepare_input(x_u8, device)
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+            if aug is not None:
+                x = augment(x, gen, **aug)
+            with autocast(device):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y.to(device, non_blocking=True))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            seen += len(y)
+            bar.update(1)
+            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                metrics = validate(model, data.val, device)
+                metrics["train_loss"] = float(loss.item())
+                improved = metrics["macro_f1"] > state["best_score"]
+                if improved:
+                    state.update(best_score=metrics["macro_f1"], best_step=step, bad_evals=0,
+                                 threshold=metrics["threshold"],
+                                 best_model={k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
+                else:
+                    state["bad_evals"] += 1
+                state["step"] = step
+                state["history"].append({"step": step, **{k: float(v) for k, v in metrics.items()}})
+                stopped = state["bad_evals"] >= cfg.patience
+                bar.set_postfix(f1=f"{metrics['macro_f1']:.3f}", best=f"{state['best_score']:.3f}@{state['best_step']}")
+                _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}, last)
+                if on_eval:
+                    on_eval(step, metrics)
+                if on_checkpoint:
+                    on_checkpoint(last)
+    finally:
+        prefetch.close()
+        bar.close()
+    elapsed = time.perf_counter() - t0
+    return TrainOutcome(best_state=state["best_model"], threshold=float(state["threshold"]),
+                        best_step=int(state["best_step"]), best_score=float(state["best_score"]),
+                        last_step=step, stopped_early=stopped, history=state["history"],
+                        images_per_s=seen / elapsed if elapsed > 0 else float("nan"))
