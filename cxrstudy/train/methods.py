@@ -1,0 +1,509 @@
+"""Training methods for worst-group robustness: ERM, group reweighting, GroupDRO, JTT and DFR.
+
+A *method* decides how a training batch becomes a loss (and, for JTT and DFR, adds one extra
+phase). Each is one small class, looked up by name, whose hyperparameters keep their default
+and their search range side by side (``HPARAMS``), as in DomainBed's ``algorithms.py`` and
+``hparams_registry.py``; as in SubpopBench, a new method usually overrides only ``loss``.
+
+Conventions shared with the training loop
+-----------------------------------------
+* A batch gives images, labels ``y`` (0/1) and ``env``, the hospital's index ``0..k-1`` within
+  the run's training hospitals. A (hospital, label) *group* is ``env * 2 + y`` (``group_ids``);
+  a run with ``k`` hospitals has ``n_groups = 2 * k``.
+* ``group_counts`` (length ``n_groups``) counts the TRAINING split's examples per group
+  (``group_counts_of``). Validation data never reaches a method, so thresholds and model
+  selection on the validation split stay honest.
+* ``loss(logits, y, group, weight=None)`` is called once per training step; GroupDRO updates its
+  group weights ``q`` on every call. Logits are ``(N, 2)``, as for cross-entropy.
+* ``state_dict()`` holds tensors only (``torch.load(..., weights_only=True)`` reads it back);
+  saved with the model and optimiser it makes a resumed run continue exactly.
+* Optional phases, announced by two flags:
+  - ``needs_identification`` (JTT): first train an ERM model for ``identification_steps()``
+    optimiser steps, mark which TRAINING examples it misclassifies, pass that boolean array to
+    ``set_identification_errors`` and train a fresh model, giving each example's loss the
+    weight from ``example_weights`` (``weight=`` argument of ``loss``).
+  - ``retrains_head`` (DFR): after ordinary ERM training, embed the TRAINING split with the
+    model in eval mode and call ``retrain(model.head, features, y, group, seed=...)``; only the
+    head changes. To save time the loop may embed only the rows ``balanced_group_indices(group,
+    seed)`` selects: ``retrain_head`` balances again, which is then a no-op.
+
+Adding a method
+---------------
+Write one class (``@register``, a ``name``, its ``HPARAMS`` -- every key prefixed with
+``<name>_`` -- and a ``loss``; keep per-run state in tensors returned by ``state_dict``) and add
+tests in ``tests/test_methods.py`` checking its loss against a value computed by hand on a tiny
+batch. ``parse_hparams``, ``default_hparams``, ``suggest`` and ``method_names`` pick it up.
+
+The paper's data-side hospital-label balancing (parameter ``balance``, ``cxrstudy.train.
+balancing``) resamples the training and validation splits before training; it is separate from
+the method and combines with any of them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cxrstudy.errors import DataError, UsageError
+
+__all__ = [
+    "HParam", "Method", "METHODS", "register", "method_names", "get_method", "make_method",
+    "parse_hparams", "default_hparams", "all_hparam_names", "group_ids", "group_counts_of",
+    "jtt_example_weights", "balanced_group_indices", "retrain_head",
+    "ERM", "Reweight", "GroupDRO", "JTT", "DFR",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Hyperparameters
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One hyperparameter: its default and its search range ``[low, high]`` (inclusive)."""
+
+    default: float | int
+    low: float | int
+    high: float | int
+    log: bool = False
+    kind: str = "float"  # "float" or "int"
+    help: str = ""
+
+    def __post_init__(self):
+        if self.kind not in ("float", "int"):
+            raise ValueError(f"HParam kind {self.kind!r}; expected 'float' or 'int'")
+        if not self.low <= self.default <= self.high:
+            raise ValueError(f"HParam default {self.default} outside {self.low}..{self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"HParam on a log scale needs low > 0, got {self.low}")
+        if self.kind == "int" and not all(float(v).is_integer() for v in (self.default, self.low, self.high)):
+            raise ValueError("an int HParam needs integer default, low and high")
+
+    def expected(self) -> str:
+        scale = ", log scale" if self.log else ""
+        return f"{'an integer' if self.kind == 'int' else 'a number'} in {self.low:g}..{self.high:g}{scale}"
+
+    def parse(self, name: str, value) -> float | int:
+        """``value`` (a string, or already a number) checked against kind and range."""
+        if isinstance(value, bool):
+            raise UsageError(f"parameter {name}={value!r} is not a number; expected {self.expected()}")
+        text = str(value).strip()
+        try:
+            v = float(text)
+        except ValueError:
+            raise UsageError(f"parameter {name}={value!r} is not a number; expected {self.expected()}") from None
+        if not math.isfinite(v):
+            raise UsageError(f"parameter {name}={value!r} is not a finite number; expected {self.expected()}")
+        if self.kind == "int":
+            if not v.is_integer():
+                raise UsageError(f"parameter {name}={value!r} is not an integer; expected {self.expected()}")
+            v = int(v)
+        if not self.low <= v <= self.high:
+            raise UsageError(f"parameter {name}={value!r} is out of range; expected {self.expected()}")
+        return v
+
+
+# --------------------------------------------------------------------------------------------
+# Group helpers
+
+
+def group_ids(env: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(hospital, label) group id of each example: ``env * 2 + y``."""
+    return env.long() * 2 + y.long()
+
+
+def group_counts_of(group, n_groups: int) -> torch.Tensor:
+    """How many examples fall in each group ``0..n_groups-1`` (float tensor)."""
+    g = torch.as_tensor(np.asarray(group), dtype=torch.long).reshape(-1)
+    if len(g) and (int(g.min()) < 0 or int(g.max()) >= n_groups):
+        raise ValueError(f"group ids must lie in 0..{n_groups - 1}")
+    return torch.bincount(g, minlength=n_groups).to(torch.float32)
+
+
+def _per_example_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), y.long(), reduction="none")
+
+
+def _weighted_mean(losses: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    if weight is None:
+        return losses.mean()
+    w = weight.to(losses.device, torch.float32)
+    return (w * losses).sum() / w.sum()
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls):
+    """Class decorator: add a :class:`Method` subclass to ``METHODS`` under ``cls.name``."""
+    name = cls.name
+    if not name or name != name.lower() or not name.isidentifier():
+        raise ValueError(f"method name {name!r} must be a lower-case identifier")
+    if name in METHODS and METHODS[name] is not cls:
+        raise ValueError(f"method {name!r} is already registered")
+    for key in cls.HPARAMS:
+        if not key.startswith(name + "_"):
+            raise ValueError(f"hyperparameter {key!r} of method {name!r} must start with {name + '_'!r}")
+    METHODS[name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    return list(METHODS)
+
+
+def get_method(name: str) -> type[Method]:
+    """The class registered as ``name`` (case and surrounding spaces ignored)."""
+    key = str(name).strip().lower()
+    if key not in METHODS:
+        raise UsageError(f"unknown method {name!r}; expected one of: {', '.join(METHODS)}")
+    return METHODS[key]
+
+
+def all_hparam_names() -> dict[str, str]:
+    """Every registered hyperparameter name -> the method it belongs to."""
+    return {k: m for m, cls in METHODS.items() for k in cls.HPARAMS}
+
+
+def default_hparams(name: str) -> dict[str, float | int]:
+    return {k: hp.default for k, hp in get_method(name).HPARAMS.items()}
+
+
+def parse_hparams(method_name: str, raw: dict[str, Any] | None) -> dict[str, float | int]:
+    """All hyperparameters of ``method_name``: given ones parsed and range-checked, others default.
+
+    ``raw`` maps names to strings (as MLflow passes them) or numbers; a value of ``None`` or
+    ``""`` means "not given". A given hyperparameter of another method, or one no method has,
+    is a :class:`UsageError`.
+    """
+    return _parse_for(get_method(method_name), raw)
+
+
+def _parse_for(cls: type[Method], raw: dict[str, Any] | None) -> dict[str, float | int]:
+    out = {k: hp.default for k, hp in cls.HPARAMS.items()}
+    owners = all_hparam_names()
+    for key, value in (raw or {}).items():
+        if value is None or (isinstance(value, str) and not value.strip()):
+            continue
+        if key in cls.HPARAMS:
+            out[key] = cls.HPARAMS[key].parse(key, value)
+            continue
+        takes = ", ".join(cls.HPARAMS) or "no hyperparameters"
+        if key in owners:
+            raise UsageError(f"parameter {key}={value!r} belongs to method {owners[key]}, not {cls.name}; "
+                             f"method {cls.name} takes: {takes}")
+        raise UsageError(f"unknown hyperparameter {key}={value!r}; method {cls.name} takes: {takes}")
+    return out
+
+
+def make_method(name: str, raw: dict[str, Any] | None = None, *, n_groups: int,
+                group_counts: torch.Tensor | None = None) -> Method:
+    """``get_method(name)(parse_hparams(name, raw), n_groups, group_counts)``."""
+    return get_method(name)(parse_hparams(name, raw), n_groups, group_counts)
+
+
+# --------------------------------------------------------------------------------------------
+# Base class
+
+
+class Method:
+    """A training method: a loss over a batch plus optional state and phases (see module doc)."""
+
+    name: ClassVar[str] = ""
+    HPARAMS: ClassVar[dict[str, HParam]] = {}
+    needs_identification: ClassVar[bool] = False  # JTT-style first phase
+    retrains_head: ClassVar[bool] = False  # DFR-style last phase
+
+    def __init__(self, hparams: dict | None, n_groups: int, group_counts: torch.Tensor | None = None):
+        if int(n_groups) < 1:
+            raise ValueError(f"n_groups must be >= 1, got {n_groups}")
+        self.hparams = _parse_for(type(self), hparams)
+        self.n_groups = int(n_groups)
+        self.group_counts = None
+        if group_counts is not None:
+            gc = torch.as_tensor(group_counts, dtype=torch.float32).reshape(-1).clone()
+            if len(gc) != self.n_groups:
+                raise ValueError(f"group_counts has {len(gc)} entries; expected n_groups={self.n_groups}")
+            if bool((gc < 0).any()):
+                raise ValueError("group_counts must be >= 0")
+            self.group_counts = gc
+
+    @classmethod
+    def suggest(cls, trial) -> dict[str, float | int]:
+        """Ask an Optuna-like ``trial`` for every hyperparameter (a fixed range is not asked)."""
+        out = {}
+        for key, hp in cls.HPARAMS.items():
+            if hp.low == hp.high:
+                out[key] = hp.default
+            elif hp.kind == "int":
+                out[key] = int(trial.suggest_int(key, int(hp.low), int(hp.high), log=hp.log))
+            else:
+                out[key] = float(trial.suggest_float(key, float(hp.low), float(hp.high), log=hp.log))
+        return out
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, group: torch.Tensor,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean cross-entropy; with ``weight``, ``sum(w * l) / sum(w)``."""
+        return _weighted_mean(_per_example_ce(logits, y), weight)
+
+    # ---- state, for exact resume (tensors only)
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        extra = set(state) - set(self._state_keys())
+        if extra:
+            raise DataError(f"method {self.name}: checkpoint state has unexpected entries {sorted(extra)}; "
+                            f"was it saved by another method?")
+        self._load(state)
+
+    def _state_keys(self) -> tuple[str, ...]:
+        return ()
+
+    def _load(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+    # ---- optional phases
+    def identification_steps(self) -> int:
+        """Optimiser steps of the identification ERM run (0: no such phase)."""
+        return 0
+
+    def set_identification_errors(self, errors) -> np.ndarray:
+        raise NotImplementedError(f"method {self.name} has no identification phase")
+
+    def retrain(self, head: nn.Linear, features: torch.Tensor, y: torch.Tensor, group: torch.Tensor,
+                *, seed: int) -> None:
+        raise NotImplementedError(f"method {self.name} does not retrain the head")
+
+    def __repr__(self) -> str:
+        hp = ", ".join(f"{k}={v:g}" for k, v in self.hparams.items())
+        return f"{type(self).__name__}({hp})"
+
+
+def _check_groups(group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    g = group.long()
+    if len(g) and (int(g.min()) < 0 or int(g.max()) >= n_groups):
+        raise ValueError(f"group ids must lie in 0..{n_groups - 1}")
+    return g
+
+
+# --------------------------------------------------------------------------------------------
+# Methods
+
+
+@register
+class ERM(Method):
+    """Empirical risk minimisation: mean cross-entropy."""
+
+    name = "erm"
+
+
+@register
+class Reweight(Method):
+    """Each example's loss weighted by ``1 / n_g``, its (hospital, label) group's TRAINING count.
+
+    ``w_g`` are normalised to sum to 1 over groups with examples (a group with none gets 0);
+    the batch loss is ``sum_i w_{g_i} l_i / sum_i w_{g_i}``.
+    """
+
+    name = "reweight"
+
+    def __init__(self, hparams, n_groups, group_counts=None):
+        super().__init__(hparams, n_groups, group_counts)
+        if self.group_counts is None:
+            raise ValueError("method reweight needs the training set's group_counts")
+        gc = self.group_counts
+        inv = torch.where(gc > 0, 1.0 / gc.clamp_min(1.0), torch.zeros_like(gc))
+        self.group_weights = inv / inv.sum()
+
+    def loss(self, logits, y, group, weight=None):
+        g = _check_groups(group, self.n_groups)
+        w = self.group_weights.to(logits.device)[g]
+        if weight is not None:
+            w = w * weight.to(w.device, torch.float32)
+        return _weighted_mean(_per_example_ce(logits, y), w)
+
+
+@register
+class GroupDRO(Method):
+    """Online group DRO (Sagawa et al., 2020).
+
+    Per step: ``L_g`` = mean loss of group ``g`` in the batch; ``q_g <- q_g * exp(eta * L_g)``
+    for groups present (absent groups keep theirs), ``q <- q / sum(q)``; the loss is
+    ``sum_g q_g L_g`` with the updated ``q`` (absent groups add nothing). ``q`` starts uniform
+    and is the method's state.
+    """
+
+    name = "groupdro"
+    HPARAMS = {"groupdro_eta": HParam(0.01, 1e-3, 1.0, log=True, help="step size of the group weights q")}
+
+    def __init__(self, hparams, n_groups, group_counts=None):
+        super().__init__(hparams, n_groups, group_counts)
+        self.q = torch.full((self.n_groups,), 1.0 / self.n_groups)
+
+    def loss(self, logits, y, group, weight=None):
+        losses = _per_example_ce(logits, y)
+        g = _check_groups(group, self.n_groups).to(losses.device)
+        w = torch.ones_like(losses) if weight is None else weight.to(losses.device, torch.float32)
+        total = torch.zeros(self.n_groups, device=losses.device).index_add(0, g, w * losses)
+        mass = torch.zeros(self.n_groups, device=losses.device).index_add(0, g, w)
+        present = mass > 0
+        group_loss = torch.where(present, total / mass.clamp_min(1e-12), torch.zeros_like(total))
+        with torch.no_grad():
+            q = self.q.to(losses.device)
+            step = self.hparams["groupdro_eta"] * group_loss.detach() * present
+            self.q = torch.softmax(torch.log(q) + step, dim=0)  # q * exp(step), renormalised
+        return (self.q * group_loss).sum()
+
+    def state_dict(self):
+        return {"q": self.q.detach().cpu().clone()}
+
+    def _state_keys(self):
+        return ("q",)
+
+    def _load(self, state):
+        q = state.get("q")
+        if q is None or tuple(q.shape) != (self.n_groups,):
+            raise DataError(f"method groupdro: checkpoint q has shape "
+                            f"{None if q is None else tuple(q.shape)}; expected ({self.n_groups},)")
+        self.q = q.detach().to(torch.float32).clone()
+
+
+def jtt_example_weights(errors, lam: float) -> np.ndarray:
+    """JTT's per-example weights: ``lam`` where the identification model erred, else 1."""
+    e = np.asarray(errors)
+    if e.dtype != bool:
+        raise ValueError(f"errors must be a boolean array, got dtype {e.dtype}")
+    return np.where(e, float(lam), 1.0).astype(np.float64)
+
+
+@register
+class JTT(Method):
+    """Just Train Twice (Liu et al., 2021), with loss weights instead of upsampling.
+
+    Phase 1: an ERM model trained for ``jtt_steps`` optimiser steps (an absolute count, not a
+    fraction of the final run; the final run still trains for its full ``max_steps``). Its
+    misclassified TRAINING examples (argmax of the logits != label) form the error set.
+    Phase 2: a fresh model trained with per-example loss weight ``jtt_lambda`` on the error set
+    and 1 elsewhere (weighted mean ``sum(w l) / sum(w)``), which in expectation equals JTT's
+    upsampling of the error set by ``jtt_lambda``.
+    """
+
+    name = "jtt"
+    needs_identification = True
+    HPARAMS = {
+        "jtt_lambda": HParam(20.0, 1.0, 100.0, log=True, help="loss weight of examples the identification model misclassified"),
+        "jtt_steps": HParam(200, 10, 2000, log=True, kind="int",
+                            help="optimiser steps of the identification ERM run (a count, not a fraction)"),
+    }
+
+    def __init__(self, hparams, n_groups, group_counts=None):
+        super().__init__(hparams, n_groups, group_counts)
+        self.example_weights: torch.Tensor | None = None  # set after identification
+
+    def identification_steps(self) -> int:
+        return int(self.hparams["jtt_steps"])
+
+    def set_identification_errors(self, errors) -> np.ndarray:
+        """Store (and return) the per-example weights of the final run, in training-row order."""
+        w = jtt_example_weights(errors, self.hparams["jtt_lambda"])
+        self.example_weights = torch.from_numpy(w.astype(np.float32))
+        return w
+
+    def state_dict(self):
+        return {} if self.example_weights is None else {"example_weights": self.example_weights.clone()}
+
+    def _state_keys(self):
+        return ("example_weights",)
+
+    def _load(self, state):
+        w = state.get("example_weights")
+        self.example_weights = None if w is None else w.detach().to(torch.float32).reshape(-1).clone()
+
+
+def balanced_group_indices(group, seed: int) -> np.ndarray:
+    """Row indices that undersample every non-empty group to the smallest one's size (seeded).
+
+    Sorted int64 array; groups are drawn without replacement, so an already balanced input
+    gives back every row.
+    """
+    g = np.asarray(group.cpu() if isinstance(group, torch.Tensor) else group).reshape(-1).astype(np.int64)
+    if len(g) == 0:
+        raise DataError("cannot balance an empty set of examples")
+    rng = np.random.default_rng(seed)
+    labels, counts = np.unique(g, return_counts=True)
+    m = int(counts.min())
+    picked = [rng.choice(np.flatnonzero(g == lab), size=m, replace=False) for lab in labels]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def retrain_head(head: nn.Linear, features: torch.Tensor, y: torch.Tensor, group: torch.Tensor, *,
+                 l2: float, steps: int, seed: int) -> None:
+    """Refit ``head`` (a 2-output ``nn.Linear``) in place on a group-balanced subset (DFR).
+
+    The rows ``balanced_group_indices(group, seed)`` are kept; features are standardised with
+    that subset's mean and std; a fresh linear softmax classifier (starting at zero) minimises
+    ``mean CE + l2 * ||W||^2`` (bias not penalised) with full-batch L-BFGS for at most ``steps``
+    iterations; the standardisation is folded back into ``head.weight`` and ``head.bias``.
+    Nothing but the head's two parameters changes. The problem is convex (strictly so for
+    ``l2 > 0``), so the result depends on the data and ``seed`` only.
+    """
+    if head.out_features != 2:
+        raise ValueError(f"retrain_head expects a 2-output head, got {head.out_features}")
+    idx = torch.from_numpy(balanced_group_indices(group, seed))
+    dev = head.weight.device
+    x = features.detach().reshape(len(features), -1)[idx.to(features.device)].to(dev, torch.float32)
+    t = y.detach().long()[idx.to(y.device)].to(dev)
+    if x.shape[1] != head.in_features:
+        raise ValueError(f"features have {x.shape[1]} columns; the head expects {head.in_features}")
+    mu = x.mean(0)
+    sd = x.std(0, unbiased=False)
+    sd = torch.where(sd > 1e-8, sd, torch.ones_like(sd))
+    z = (x - mu) / sd
+    with torch.enable_grad():
+        w = torch.zeros(2, x.shape[1], device=dev, requires_grad=True)
+        b = torch.zeros(2, device=dev, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=int(steps), history_size=20,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-12)
+
+        def closure():
+            opt.zero_grad()
+            obj = F.cross_entropy(z @ w.T + b, t) + l2 * (w * w).sum()
+            obj.backward()
+            return obj
+
+        opt.step(closure)
+    with torch.no_grad():
+        w_eff = w.detach() / sd
+        head.weight.copy_(w_eff.to(head.weight.dtype))
+        head.bias.copy_((b.detach() - w_eff @ mu).to(head.bias.dtype))
+
+
+@register
+class DFR(Method):
+    """Deep Feature Reweighting (Kirichenko et al., 2022), on the TRAINING split.
+
+    Train with plain ERM; then refit only the last layer on the training embeddings of a
+    (hospital, label)-group-balanced subset (``retrain_head``). Validation data stays out, so
+    the threshold and model selection chosen on it remain honest.
+    """
+
+    name = "dfr"
+    retrains_head = True
+    HPARAMS = {
+        "dfr_l2": HParam(1e-2, 1e-5, 10.0, log=True, help="L2 penalty on the refitted head's weights (standardised features)"),
+        "dfr_steps": HParam(100, 10, 1000, log=True, kind="int", help="L-BFGS iterations of the head refit"),
+    }
+
+    def retrain(self, head, features, y, group, *, seed):
+        retrain_head(head, features, y, group, l2=float(self.hparams["dfr_l2"]),
+                     steps=int(self.hparams["dfr_steps"]), seed=seed)
