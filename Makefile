@@ -28,10 +28,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
+# `mlflow run` talks to the tracking server before our entry point starts; when an http:// server is
+# down it retries for minutes and ends in a traceback. Check it first: one line, exit 1, in seconds.
+CHECK_SERVER := $(PY) -m cxrstudy.tracking.server
+
 demo: setup
+	@$(CHECK_SERVER)
 	mlflow run . --env-manager local -e main -P workers=2
 
 bench: setup
+	@$(CHECK_SERVER)
 	mlflow run . --env-manager local -e benchmark
 
 test: setup

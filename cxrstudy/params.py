@@ -23,13 +23,17 @@ def as_int(name: str, value, lo: int | None = None, hi: int | None = None) -> in
     return v
 
 
-def as_float(name: str, value, lo: float | None = None, hi: float | None = None) -> float:
+def as_float(name: str, value, lo: float | None = None, hi: float | None = None, *, gt: float | None = None) -> float:
+    """A number in ``lo..hi`` (inclusive); ``gt`` is an exclusive lower bound (``lr > 0``)."""
     try:
         v = float(str(value).strip())
     except ValueError:
         raise UsageError(f"parameter {name}={value!r} is not a number") from None
     if v != v or (lo is not None and v < lo) or (hi is not None and v > hi):
         raise UsageError(f"parameter {name}={value!r} is out of range; expected {lo}..{hi}")
+    if gt is not None and not v > gt:
+        upper = f" and <= {hi}" if hi is not None else ""
+        raise UsageError(f"parameter {name}={value!r} is out of range; expected > {gt}{upper}")
     return v
 
 
@@ -61,7 +65,15 @@ def as_int_list(name: str, value, lo: int | None = None) -> list[int]:
     return out
 
 
+def given(value) -> str | None:
+    """A parameter a preset fills when blank: only ``""`` (or a missing value) means 'not given'.
+    An explicit ``none`` is a value and wins over the preset (``pretrained=none`` on ``preset=paper``)."""
+    v = str(value).strip() if value is not None else ""
+    return v or None
+
+
 def optional(value) -> str | None:
-    """``""``, ``none`` or ``null`` mean 'not given'."""
+    """``""``, ``none`` or ``null`` mean 'not given' (for parameters where none is no value, e.g.
+    ``data_root``; use :func:`given` where ``none`` is a legal value that must override a default)."""
     v = str(value).strip() if value is not None else ""
     return None if v.lower() in ("", "none", "null") else v

@@ -39,6 +39,7 @@ def main(argv=None) -> None:
         from cxrstudy.hospitals import canonical_hospital
         from cxrstudy.params import as_int, as_int_list
         from cxrstudy.runs.compare import run_compare
+        from cxrstudy.runs.train import preflight
         from cxrstudy.train.device import pick_device
 
         base, added = canonical_hospital(raw["base"]), canonical_hospital(raw["added"])
@@ -47,6 +48,7 @@ def main(argv=None) -> None:
         seeds = as_int_list("seeds", raw["seeds"], lo=0)
         n_boot = as_int("n_bootstrap", raw["n_bootstrap"], lo=10, hi=100000)
         pick_device(raw["device"])
+        preflight(template)  # cache_dir writable, pretrained weights loadable: before any work
         tracking.setup()
         run_compare(setting, template, seeds, n_bootstrap=n_boot, device=raw["device"],
                     force=force_from_params(raw))

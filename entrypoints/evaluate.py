@@ -40,6 +40,7 @@ def main(argv=None) -> None:
         from cxrstudy.runs.evaluate import run_evaluate
         from cxrstudy.tracking import runs as tracking
         from cxrstudy.train.device import pick_device
+        from cxrstudy.data.cache import check_cache_dir
 
         if not optional(raw["model_uri"]):
             raise UsageError("parameter model_uri is required, e.g. models:/<name>@latest or a training run id")
@@ -49,6 +50,8 @@ def main(argv=None) -> None:
         sweep_mode = as_choice("corr_sweep", raw["corr_sweep"], ("auto", "true", "false"))
         draws = as_int("corr_draws", raw["corr_draws"], lo=1, hi=1000)
         pick_device(raw["device"])
+        if optional(raw["cache_dir"]):
+            check_cache_dir(raw["cache_dir"])  # one line, before any work
         tracking.setup()
         run_evaluate(raw["model_uri"], envs, n_boot=n_boot, seed=seed, sweep_mode=sweep_mode, draws=draws,
                      device=raw["device"], data_root=optional(raw["data_root"]), cache_dir=optional(raw["cache_dir"]))

@@ -27,6 +27,7 @@ def main(argv=None) -> None:
 
     def body():
         from cxrstudy.tracking import runs as tracking
+        from cxrstudy.data.cache import check_cache_dir
         from cxrstudy.data.dataspec import spec_from_params
         from cxrstudy.hospitals import parse_envs
         from cxrstudy.params import as_int, optional
@@ -38,6 +39,7 @@ def main(argv=None) -> None:
         size = as_int("image_size", optional(raw["image_size"]) or preset["image_size"], lo=8, hi=1024)
         workers = as_int("workers", raw["workers"], lo=0) or None
         spec = spec_from_params(raw, size)
+        check_cache_dir(spec.cache_dir)  # a file or a read-only folder: one line, before any work
         tracking.setup()
         run_preprocess(spec, envs, workers=workers)
 

@@ -42,6 +42,7 @@ def main(argv=None) -> None:
         from cxrstudy.params import as_bool, as_int, optional
         from cxrstudy.runs.probe import run_probe
         from cxrstudy.train.device import pick_device
+        from cxrstudy.data.cache import check_cache_dir
 
         if not optional(raw["model_uri"]):
             raise UsageError("parameter model_uri is required, e.g. models:/<name>@latest or models:/<name>/<version>")
@@ -52,6 +53,8 @@ def main(argv=None) -> None:
         min_per_class = as_int("min_per_class", raw["min_per_class"], lo=2, hi=1_000_000)
         force = as_bool("force", raw["force"])
         pick_device(raw["device"])
+        if optional(raw["cache_dir"]):
+            check_cache_dir(raw["cache_dir"])  # one line, before any work
         tracking.setup()
         run_probe(raw["model_uri"], envs, seed=seed, min_per_class=min_per_class, device=raw["device"],
                   data_root=optional(raw["data_root"]), cache_dir=optional(raw["cache_dir"]), force=force)

@@ -20,17 +20,21 @@ def main(argv=None) -> None:
     def body():
         from cxrstudy.tracking import runs as tracking
         from cxrstudy.train.config import config_from_params, force_from_params
-        from cxrstudy.runs.train import run_training
+        from cxrstudy.runs.train import preflight, run_training
         from cxrstudy.train.device import pick_device
 
         cfg = config_from_params(raw)
         force = force_from_params(raw)
         pick_device(raw["device"])  # a clear error before any work
+        preflight(cfg)  # cache_dir writable, pretrained weights loadable
         tracking.setup()
         from cxrstudy.params import optional
 
         result = run_training(cfg, force=force, device=raw["device"], parent_run_id=optional(raw["parent_run_id"]))
-        print(f"model: {result['model_uri']}  (alias: models:/{result['registered_model']}@latest)")
+        if result.get("reused"):  # a fresh model's line was printed by run_training
+            from cxrstudy.tracking.registry import describe_version
+
+            print(describe_version(result["registered_model"], result["registered_version"]))
 
     cli.run(body)
 

@@ -299,7 +299,7 @@ def make_cxp(root, small: bool = True, gz: bool = False, prefix: bool = True, ne
             info.dropped_missing += 1
         elif fl == "Frontal":
             info.rows += 1
-            info.subjects.add(pat)
+            info.subjects.add(str(int(pat)))  # un-padded, as the published code parses it
         else:
             info.excluded_paths.add(str(p.resolve()))
         if (pat, study, view) in want:
@@ -329,7 +329,7 @@ def make_nih(root, layout: str = "flat", version: str = "v2020", gz: bool = Fals
         (1, 2, "Cardiomegaly|Effusion", 58, "M", "PA", "ok"),
         (2, 0, "No Finding", 81, "M", "PA", "ok"),
         (3, 0, "Hernia", 74, "F", "PA", "ok"),
-        (3, 1, "Effusions", 75, "F", "AP", "ok"),  # hypothetical near-miss name: not Effusion
+        (3, 1, "Infiltration|Pleural_Thickening", 75, "F", "AP", "ok"),  # NIH findings outside the 8 labels
         (3, 2, "Infiltration|Pneumonia", 75, "F", "AP", "ok"),
         (3, 3, "Pleural_Thickening", 76, "F", "PA", "ok"),
         (4, 0, "Edema|Consolidation|Atelectasis", 12, "M", "AP", "ok"),
@@ -339,7 +339,7 @@ def make_nih(root, layout: str = "flat", version: str = "v2020", gz: bool = Fals
         (5, 1, "Pneumothorax|Effusion", 36, "F", "AP", "ok"),
         (6, 0, "Atelectasis", 44, "M", "PA", "ok"),
         (6, 1, "No Finding", 45, "M", "PA", "ok"),
-        (7, 0, "Pneumonia_like", 62, "F", "PA", "ok"),  # hypothetical: not Pneumonia
+        (7, 0, "Fibrosis", 62, "F", "PA", "ok"),  # near-miss names ("Effusions") are now an error: see tests
     ]
     want = {
         (1, 0): positives("Cardiomegaly"), (1, 2): positives("Cardiomegaly", "Effusion"), (2, 0): positives("No Finding"),

@@ -69,7 +69,8 @@ def test_cxp(loaded):
     assert len(t) == 191_027  # frontal rows of train.csv (valid.csv is not shipped)
     assert any("valid.csv" in n for n in src.notes)
     assert t["path"].iloc[0] == "train/patient00001/study1/view1_frontal.jpg"
-    assert t["subject_id"].str.fullmatch(r"\d{5}").all()
+    assert t["subject_id"].str.fullmatch(r"[1-9]\d*").all()  # un-padded, as the published code
+    assert t["subject_id"].iloc[0] == "1"
     assert t["subject_id"].nunique() > 60_000
     assert 8 < prev(t, "No Finding") < 10
     assert 35 < prev(t, "Effusion") < 45

@@ -176,13 +176,31 @@ def test_mimic_missing_column(tmp_path):
 
 def test_cxp_ids_views_and_frontal_rule(built, tables):
     _, table = tables["cxp"]
-    assert set(table["subject_id"]) == {"00001", "00002", "00003", "00005", "00010", "64541", "64542"}
-    assert "00001_study2" in set(table["study_id"])
+    assert set(table["subject_id"]) == {"1", "2", "3", "5", "10", "64541", "64542"}
+    assert "1_study2" in set(table["study_id"])
     assert not table["path"].str.contains("lateral").any()
     assert set(table["view"]) == {"AP", "PA"}
-    r = table.loc[table["subject_id"] == "00003"].iloc[0]
+    r = table.loc[table["subject_id"] == "3"].iloc[0]
     assert (r["sex"], r["age_bin"]) == ("O", "0-20")  # Sex "Unknown"
-    assert (table["subject_id"] >= "64541").sum() == 2  # valid.csv rows are read too
+    assert (table["subject_id"].astype(int) >= 64541).sum() == 2  # valid.csv rows are read too
+
+
+def test_cxp_subject_ids_unpadded_as_published():
+    """The published code parses the patient folder number as int then str: patient00010 -> "10",
+    which sorts before patient00002 -> "2" and so sets the subject order of the split."""
+    from cxrstudy.data.sources.chexpert import harmonise
+
+    folders = ["patient00002", "patient00010", "patient00100", "patient00001", "patient64541"]
+    csv = pd.DataFrame({
+        "Path": [f"CheXpert-v1.0-small/train/{f}/study1/view1_frontal.jpg" for f in folders],
+        "Sex": "Male", "Age": 50, "Frontal/Lateral": "Frontal", "AP/PA": "PA", "Pleural Effusion": 1.0,
+        **{c: 0.0 for c in ("No Finding", "Atelectasis", "Cardiomegaly", "Pneumonia", "Pneumothorax",
+                            "Consolidation", "Edema")},
+    })
+    t = harmonise(csv, file="train.csv")
+    assert list(t["subject_id"]) == ["2", "10", "100", "1", "64541"]
+    assert list(t["study_id"]) == ["2_study1", "10_study1", "100_study1", "1_study1", "64541_study1"]
+    assert sorted(t["subject_id"]) == ["1", "10", "100", "2", "64541"]
 
 
 @pytest.mark.parametrize(
@@ -287,8 +305,9 @@ def test_nih_layouts_and_versions(tmp_path, layout, version):
 def test_nih_exact_name_matching(built, tables):
     _, table = tables["nih"]
     by_study = table.set_index("study_id")
-    assert by_study.loc["3_1", "Effusion"] == 0  # "Effusions" is not "Effusion"
-    assert by_study.loc["7_0", "Pneumonia"] == 0  # "Pneumonia_like" is not "Pneumonia"
+    assert by_study.loc["3_1", "Effusion"] == 0  # "Pleural_Thickening" is not "Effusion"
+    assert by_study.loc["7_0", "Pneumonia"] == 0 and by_study.loc["7_0", "Any"] == 0  # Fibrosis: none of the 8
+    # a near-miss name ("Effusions", "Pneumonia_like") is no longer read as negative: see the next test
     assert by_study.loc["1_2", "Effusion"] == 1 and by_study.loc["5_1", "Effusion"] == 1
 
 
@@ -318,6 +337,21 @@ def test_nih_missing_column(tmp_path):
     with pytest.raises(DataError) as e:
         open_source("nih", "real", root=info.root).table()
     assert "Data_Entry_2017_v2020.csv" in str(e.value) and "Finding Labels" in str(e.value)
+
+
+@pytest.mark.parametrize("bad", ["maybe", "7", "Effusion|maybe", "effusion", "Effusions", "Pneumonia_like"])
+def test_nih_finding_outside_the_15_is_an_error_naming_file_value_and_allowed(tmp_path, bad):
+    info = make_nih(tmp_path / "nih")
+    p = info.csv_files[0]
+    df = pd.read_csv(p, dtype=str)
+    df.loc[1, "Finding Labels"] = bad
+    df.to_csv(p, index=False)
+    with pytest.raises(DataError) as e:
+        open_source("nih", "real", root=info.root).table()
+    msg = str(e.value)
+    wrong = [t for t in bad.split("|") if t != "Effusion"][0]
+    assert "Data_Entry_2017_v2020.csv" in msg and repr(wrong) in msg
+    assert "Pleural_Thickening" in msg and "No Finding" in msg and "\n" not in msg
 
 
 # ---------------------------------------------------------------------------------------------- pad

@@ -100,8 +100,8 @@ def test_storage_urls(tmp_path):
     assert (j.kind, j.target, j.open_lock) == ("journal", str(tmp_path / "s" / "j.log"), False)
     assert parse_storage(f"journal-openlock:{tmp_path}/j.log", local).open_lock
     assert parse_storage(f"sqlite:///{tmp_path}/optuna.db", local).kind == "rdb"
-    pg = parse_storage("postgresql://me:secret@db.example:5432/optuna", local)
-    assert pg.kind == "rdb" and "secret" not in pg.display() and "db.example" in pg.display()
+    pg = parse_storage("postgresql://me@db.example:5432/optuna", local)  # password: PGPASSWORD / ~/.pgpass
+    assert pg.kind == "rdb" and "db.example" in pg.display()
     assert pg.target.startswith(("postgresql+psycopg2://", "postgresql://"))  # a driver that is installed
     assert parse_storage("postgres://me@db/optuna", local).target.split("://")[0] in ("postgresql+psycopg2",
                                                                                       "postgresql")
@@ -110,6 +110,29 @@ def test_storage_urls(tmp_path):
         parse_storage("sqlite://relative.db", local)
     with pytest.raises(UsageError, match="is a directory"):
         parse_storage(f"journal:{tmp_path}", local)
+
+
+@pytest.mark.parametrize("url", ["postgresql://me:secret@db.example:5432/optuna", "postgres://me:secret@db/o",
+                                 "postgresql+psycopg2://me:secret@db/o", "mysql://me:secret@db/o"])
+def test_storage_url_with_a_password_is_refused_without_printing_it(url, tmp_path):
+    with pytest.raises(UsageError) as e:
+        parse_storage(url, f"sqlite:///{tmp_path}/mlflow.db")
+    msg = str(e.value)
+    assert "secret" not in msg and "PGPASSWORD" in msg and "~/.pgpass" in msg and "\n" not in msg
+    assert "me@db" in msg  # the URL to use instead
+
+
+def test_tune_entry_refuses_a_password_in_storage_with_exit_2(store, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tune_entry", ROOT / "entrypoints" / "tune.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--storage", "postgresql://optuna:secret@db-host/optuna", "--envs", "cxp,nih", "--label", "any", "--preset", "cpu"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "secret" not in err and "PGPASSWORD" in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 def test_augment_strength_is_a_train_parameter(tmp_path):

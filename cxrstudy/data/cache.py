@@ -31,6 +31,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cxrstudy.data.sources.base import Source
+from cxrstudy.errors import UsageError
 
 FORMAT_VERSION = 1
 CHUNK = 256  # images per task: big enough to amortise pickling, small enough to resume finely
@@ -59,6 +60,25 @@ class CacheEntry:
 
     def skipped(self) -> pd.DataFrame:
         return pd.read_csv(self.path / "skipped.csv", dtype=str, keep_default_na=False)
+
+
+def check_cache_dir(cache_dir) -> Path:
+    """Make sure ``cache_dir`` is (or can become) a writable folder, before any work: one
+    :class:`UsageError` line naming it otherwise (a file, a read-only folder, no permission)."""
+    path = Path(cache_dir).expanduser()
+    hint = "; pass -P cache_dir=<a writable folder> (or set CXRSTUDY_CACHE)"
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"cache_dir={cache_dir} is a file, not a folder{hint}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except NotADirectoryError:
+        raise UsageError(f"cache_dir={cache_dir}: a part of the path is a file, not a folder{hint}") from None
+    except OSError as e:
+        raise UsageError(f"cache_dir={cache_dir} is not writable ({e.strerror or e}){hint}") from None
+    return path
 
 
 def cache_key(source: Source, rows: pd.DataFrame, split: str, size: int) -> str:

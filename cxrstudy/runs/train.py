@@ -2,7 +2,10 @@
 
 A run is identified by the content hash of its resolved configuration and of the data's
 fingerprint (tag ``cxrstudy.config_hash``; the fingerprint alone is tag ``cxrstudy.data_fingerprint``). ``run_training`` first looks for a FINISHED run with that hash and,
-unless forced, returns it without training. Otherwise it trains, resuming from the local
+unless forced, returns it without training (so is a run whose registered model version is READY,
+whatever its status). Otherwise it takes the configuration's lock file, waiting while another
+process or machine trains the same configuration, marks RUNNING runs left by dead processes
+FAILED, and trains, resuming from the local
 checkpoint of an earlier interrupted attempt (``<cache_dir>/checkpoints/<hash>/last.pt``),
 logs parameters, data counts, dataset inputs, per-validation metrics and system metrics, and
 finally logs the best model and registers it (alias ``latest``).
@@ -13,23 +16,41 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import mlflow
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from cxrstudy.tracking import keys
 from cxrstudy.tracking import runs as tracking
-from cxrstudy.tracking.registry import log_and_register
+from cxrstudy.tracking.registry import log_and_register, version_tags
 from cxrstudy.train.config import TrainConfig
 from cxrstudy.train.device import pick_device
 from cxrstudy.train.loop import prepare_data, train_model, validation_metrics
-from cxrstudy.train.models import build_model
+from cxrstudy.data.cache import check_cache_dir
+from cxrstudy.train.lock import TrainLock
+from cxrstudy.train.models import build_model, check_pretrained
 
 
 def checkpoint_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.data.cache_dir) / "checkpoints" / cfg.content_hash()
+
+
+def training_lock(cfg: TrainConfig) -> TrainLock:
+    """The per-configuration lock, ``<cache_dir>/checkpoints/<hash>.lock`` (beside the checkpoint
+    folder, which a finished or forced run deletes): shared by every process and machine that
+    shares the cache (:mod:`cxrstudy.train.lock`)."""
+    return TrainLock(checkpoint_dir(cfg).with_name(cfg.content_hash() + ".lock"))
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """Checks that need no data and no tracking store, run before any work: a usable cache_dir and
+    loadable pretrained weights (one UsageError line, exit 2)."""
+    check_cache_dir(cfg.data.cache_dir)
+    check_pretrained(cfg.backbone, cfg.pretrained)
 
 
 def find_by_hash(config_hash: str, experiment_ids=None):
@@ -52,12 +73,75 @@ def find_trained(cfg: TrainConfig, experiment_ids=None):
     run = find_by_hash(cfg.content_hash(), experiment_ids)
     if run is not None:
         return run
-    legacy = find_by_hash(cfg.legacy_hash(), experiment_ids)
+    run = find_registered_unfinished(cfg.content_hash(), experiment_ids)
+    if run is not None:
+        return run
+    legacy = find_by_hash(cfg.legacy_hash(), experiment_ids) if cfg.legacy_hash() else None
     if legacy is None or not legacy_inputs_match(legacy.info.run_id, cfg):
         return None
     MlflowClient().set_tag(legacy.info.run_id, keys.CONFIG_HASH_TAG, cfg.content_hash())
     MlflowClient().set_tag(legacy.info.run_id, keys.DATA_FINGERPRINT_TAG, cfg.data_fingerprint())
     return MlflowClient().get_run(legacy.info.run_id)
+
+
+def registered_version_of(run):
+    """``(name, version)`` of the READY model version registered from ``run``, or None: from the run's
+    ``registered_model``/``registered_version`` tags, else from the registry's record of the run."""
+    client = MlflowClient()
+    name, version = run.data.tags.get("registered_model"), run.data.tags.get("registered_version")
+    try:
+        if name and version:
+            mv = client.get_model_version(name, version)
+            return (name, int(version)) if mv.status == "READY" and mv.run_id in (None, "", run.info.run_id) else None
+        ready = [mv for mv in client.search_model_versions(f"run_id = '{run.info.run_id}'") if mv.status == "READY"]
+    except MlflowException:
+        return None
+    if not ready:
+        return None
+    mv = max(ready, key=lambda m: int(m.version))
+    return mv.name, int(mv.version)
+
+
+def find_registered_unfinished(config_hash: str, experiment_ids=None):
+    """A training run of this hash that is not FINISHED (killed after registering its model, or
+    marked FAILED by whoever saw it die) but whose registered model version is READY: its work is
+    complete, so it is marked FINISHED (tagged with its version) and returned for reuse."""
+    runs = search_training_runs(f"tags.`{keys.CONFIG_HASH_TAG}` = '{config_hash}' and attributes.status != 'FINISHED'",
+                                experiment_ids)
+    client = MlflowClient()
+    for run in runs:
+        found = registered_version_of(run)
+        if found is None:
+            continue
+        client.set_tag(run.info.run_id, "registered_model", found[0])
+        client.set_tag(run.info.run_id, "registered_version", str(found[1]))
+        client.set_terminated(run.info.run_id, "FINISHED")
+        print(f"run {run.info.run_id} was {run.info.status} but its model {found[0]} v{found[1]} is registered "
+              "and READY: marked FINISHED and reused", file=sys.stderr)
+        return client.get_run(run.info.run_id)
+    return None
+
+
+def fail_stale_runs(config_hash: str, keep=()) -> list[str]:
+    """Mark RUNNING training runs of this hash FAILED, with the reason in tag FAILED_REASON_TAG.
+
+    Call only while holding the configuration's lock: then no live process is training it, so a
+    RUNNING run of it was left by a process that died (kill -9, power loss). ``keep``: run ids not
+    to touch (the run ``mlflow run`` opened for this process)."""
+    client = MlflowClient()
+    marked = []
+    for run in search_training_runs(f"tags.`{keys.CONFIG_HASH_TAG}` = '{config_hash}' and attributes.status = 'RUNNING'"):
+        if run.info.run_id in keep:
+            continue
+        client.set_tag(run.info.run_id, keys.FAILED_REASON_TAG,
+                       "stale: RUNNING while no process held the configuration's training lock (its process died); "
+                       "marked FAILED by the next run of the same configuration")
+        client.set_terminated(run.info.run_id, "FAILED")
+        marked.append(run.info.run_id)
+    if marked:
+        print(f"marked {len(marked)} stale RUNNING run(s) of this configuration FAILED: {', '.join(marked)}",
+              file=sys.stderr)
+    return marked
 
 
 def legacy_inputs_match(run_id: str, cfg: TrainConfig) -> bool:
@@ -77,12 +161,19 @@ def search_training_runs(filter_string: str, experiment_ids=None):
                                       max_results=50)
 
 
+def run_name_of(cfg: TrainConfig) -> str:
+    """train-<envs>-<label>-<balance>[-<method>]-s<seed> (ERM's names are those from before methods)."""
+    method = "" if cfg.method == "erm" else f"-{cfg.method}"
+    return f"train-{'+'.join(cfg.envs)}-{cfg.label.replace(' ', '_')}-{cfg.balance}{method}-s{cfg.seed}"
+
+
 def _tags(cfg: TrainConfig) -> dict:
     return {
         keys.ENTRY_TAG: keys.ENTRY_TRAIN,
         "envs": ",".join(cfg.envs),
         "label": cfg.label,
         "balance": cfg.balance,
+        keys.METHOD_TAG: cfg.method,
         "seed": str(cfg.seed),
         "source": cfg.data.source,
         "n_envs": str(len(cfg.envs)),
@@ -91,30 +182,71 @@ def _tags(cfg: TrainConfig) -> dict:
 
 def run_training(cfg: TrainConfig, *, force: bool = False, device: str = "auto", progress: bool = True,
                  parent_run_id: str | None = None) -> dict:
-    """Train (or reuse) the model for ``cfg``; returns run id, registered name/version, model URI."""
-    h = cfg.content_hash()
-    run_name = f"train-{'+'.join(cfg.envs)}-{cfg.label.replace(' ', '_')}-{cfg.balance}-s{cfg.seed}"
+    """Train (or reuse) the model for ``cfg``; returns run id, registered name/version, model URI.
+
+    Unless forced, a run of this configuration that is FINISHED, or whose registered version is
+    READY, is reused. Otherwise it checks cache_dir and pretrained (:func:`preflight`),
+    takes the configuration's lock (:func:`training_lock`), waiting while another process or
+    machine trains the same configuration, and reuses that one's run when it finishes. Holding the
+    lock, it marks RUNNING runs of the configuration left by dead processes FAILED, then trains."""
     if not force:
         done = find_trained(cfg)
         if done is not None:
-            tags = done.data.tags
-            result = {"run_id": done.info.run_id, "registered_model": tags.get("registered_model"),
-                      "registered_version": int(tags.get("registered_version", 0)),
-                      "model_uri": f"models:/{tags.get('registered_model')}/{tags.get('registered_version')}",
-                      "reused": True}
-            if mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID"):
-                # `mlflow run` already opened a run for us: record what it reused, then finish it.
-                with tracking.run(run_name=run_name, tags={keys.ENTRY_TAG: keys.ENTRY_TRAIN,
-                                                            keys.REUSED_RUN_TAG: done.info.run_id,
-                                                            keys.REUSED_CONFIG_HASH_TAG: h}):
-                    tracking.mark_synthetic(cfg.data.is_synthetic)
-            if progress:
-                print(f"already trained: run {done.info.run_id} ({result['model_uri']}); pass force=true to retrain",
-                      file=sys.stderr)
-            return result
+            return _reuse(cfg, done, progress)
+    preflight(cfg)  # before the lock (it lives in cache_dir) and before any data or run
+    lock = training_lock(cfg)
+
+    def finished_elsewhere():
+        return not force and find_trained(cfg) is not None
+
+    def waiting(holder):
+        if progress:
+            print(f"waiting: {holder} is training the same configuration ({cfg.content_hash()})", file=sys.stderr,
+                  flush=True)
+
+    while not lock.acquire(stop=finished_elsewhere, on_wait=waiting):
+        done = find_trained(cfg)
+        if done is not None:
+            return _reuse(cfg, done, progress)
+    try:
+        if not force:
+            done = find_trained(cfg)  # finished while we took the lock
+            if done is not None:
+                return _reuse(cfg, done, progress)
+        fail_stale_runs(cfg.content_hash(), keep={os.environ.get("MLFLOW_RUN_ID")})
+        return _train_holding_lock(cfg, force=force, device=device, progress=progress, parent_run_id=parent_run_id)
+    finally:
+        lock.release()
+
+
+def _reuse(cfg: TrainConfig, done, progress: bool) -> dict:
+    """The result of reusing run ``done``; under ``mlflow run``, its own run records what it reused."""
+    tags = done.data.tags
+    result = {"run_id": done.info.run_id, "registered_model": tags.get("registered_model"),
+              "registered_version": int(tags.get("registered_version", 0)),
+              "model_uri": f"models:/{tags.get('registered_model')}/{tags.get('registered_version')}",
+              "reused": True}
+    if mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID"):
+        # `mlflow run` already opened a run for us: record what it reused, then finish it.
+        with tracking.run(run_name=run_name_of(cfg), tags={keys.ENTRY_TAG: keys.ENTRY_TRAIN,
+                                                           keys.REUSED_RUN_TAG: done.info.run_id,
+                                                           keys.REUSED_CONFIG_HASH_TAG: cfg.content_hash()}):
+            tracking.mark_synthetic(cfg.data.is_synthetic)
+    if progress:
+        print(f"already trained: run {done.info.run_id} ({result['model_uri']}); pass force=true to retrain",
+              file=sys.stderr)
+    return result
+
+
+def _train_holding_lock(cfg: TrainConfig, *, force: bool, device: str, progress: bool,
+                        parent_run_id: str | None) -> dict:
+    h = cfg.content_hash()
+    run_name = run_name_of(cfg)
     ck_dir = checkpoint_dir(cfg)
     if force and ck_dir.exists():
         shutil.rmtree(ck_dir)
+    if not force:
+        restore_server_checkpoint(h, ck_dir, progress=progress)
     dev = pick_device(device)
     with tracking.run(run_name=run_name, tags={**_tags(cfg), keys.CONFIG_HASH_TAG: h,
                                                 keys.DATA_FINGERPRINT_TAG: cfg.data_fingerprint()}, nested=parent_run_id is not None,
@@ -128,6 +260,13 @@ def run_training(cfg: TrainConfig, *, force: bool = False, device: str = "auto",
                              for k, v in data.counts.items()}, prefix="data.")
         for (_, split), entry in data.entries.items():
             tracking.log_dataset_input(entry, context="train" if split == "train" else "validation")
+        # images the cache could not decode (corrupt, truncated) are left out: count them on this run
+        skipped = {f"data/{env}/{split}/skipped_images": int(entry.manifest.get("n_skipped", 0))
+                   for (env, split), entry in data.entries.items()}
+        mlflow.log_metrics({**skipped, "data/skipped_images": sum(skipped.values())})
+        if sum(skipped.values()) and progress:
+            print(f"{sum(skipped.values())} corrupt or unreadable images left out of training/validation "
+                  "(metric data/skipped_images)", file=sys.stderr)
         if (ck_dir / "last.pt").is_file():
             mlflow.set_tag(keys.RESUMED_TAG, "true")
 
@@ -137,16 +276,22 @@ def run_training(cfg: TrainConfig, *, force: bool = False, device: str = "auto",
         resumed_history = _history(ck_dir)
         for rec in resumed_history:  # a resumed run carries the whole validation history
             on_eval(rec["step"], {k: v for k, v in rec.items() if k != "step"})
-        out = train_model(cfg, data, device=dev, checkpoint_dir=ck_dir, on_eval=on_eval, progress=progress)
+        out = train_model(cfg, data, device=dev, checkpoint_dir=ck_dir, on_eval=on_eval,
+                          on_checkpoint=upload_checkpoint, progress=progress)
         mlflow.log_metrics(out.metrics())
         mlflow.set_tag("threshold", f"{out.threshold:.2f}")
         model = build_model(cfg.backbone, "none")
         model.load_state_dict(out.best_state)
         name = cfg.model_name()
-        model_uri, version = log_and_register(
-            model, name, cfg.image_size,
-            metadata={"threshold": out.threshold, "label": cfg.label, "envs": list(cfg.envs),
-                      "config_hash": h, "image_size": cfg.image_size})
+        best_val = next((r for r in out.history if r["step"] == out.best_step), {})
+        registered = log_and_register(
+            model, name, image_size=cfg.image_size, threshold=out.threshold, label=cfg.label,
+            tags=version_tags(label=cfg.label, hospitals=cfg.envs, method=getattr(cfg, "method", "erm"),
+                              balance=cfg.balance, seed=cfg.seed, threshold=out.threshold, config_hash=h,
+                              data_fingerprint=cfg.data_fingerprint(), synthetic=cfg.data.is_synthetic,
+                              image_size=cfg.image_size, val_metrics=best_val, best_step=out.best_step),
+            metadata={"envs": list(cfg.envs), "config_hash": h})
+        version = registered.version
         mlflow.set_tags({"registered_model": name, "registered_version": str(version)})
         tracking.log_json({"config": cfg.to_dict(), "config_hash": h, "threshold": out.threshold,
                            "best_step": out.best_step, "history": out.history, "counts": data.counts},
@@ -155,8 +300,10 @@ def run_training(cfg: TrainConfig, *, force: bool = False, device: str = "auto",
     shutil.rmtree(ck_dir, ignore_errors=True)  # the run is FINISHED: its model is in the registry
     print(f"trained {name} v{version} (run {run_id}); threshold {out.threshold:.2f}, "
           f"best val macro-F1 {out.best_score:.3f} at step {out.best_step}", file=sys.stderr)
+    print(registered.line(), flush=True)  # true when printed: its aliases, and which version @latest is
     return {"run_id": run_id, "registered_model": name, "registered_version": version,
-            "model_uri": f"models:/{name}/{version}", "reused": False}
+            "model_uri": f"models:/{name}/{version}", "reused": False, "model_line": registered.line(),
+            "aliases": list(registered.aliases)}
 
 
 def _history(ck_dir: Path) -> list:
@@ -164,3 +311,46 @@ def _history(ck_dir: Path) -> list:
     if not last.is_file():
         return []
     return torch.load(last, map_location="cpu", weights_only=True)["state"]["history"]
+
+
+#: where a training run keeps its resumable checkpoint on the tracking server (overwritten at each validation)
+CHECKPOINT_ARTIFACT_DIR = "checkpoints"
+
+
+def upload_checkpoint(path: Path) -> None:
+    """Log the resumable checkpoint ``last.pt`` to the active run (``checkpoints/last.pt``), so a run
+    killed on one machine can resume on another from the tracking server alone. An upload that
+    fails is a warning, not the end of the training: the local checkpoint is still there."""
+    try:
+        mlflow.log_artifact(str(path), artifact_path=CHECKPOINT_ARTIFACT_DIR)
+    except (MlflowException, OSError) as e:
+        print(f"warning: could not upload checkpoint {path} to the tracking server: {str(e).splitlines()[0]}",
+              file=sys.stderr)
+
+
+def restore_server_checkpoint(config_hash: str, ck_dir: Path, *, progress: bool = True) -> str | None:
+    """With no local ``last.pt``, fetch the newest one that an interrupted (RUNNING, FAILED or KILLED)
+    run of this configuration uploaded. Only a file that loads as a checkpoint with
+    ``weights_only=True`` is used (a half-written upload is skipped). Returns the run id it came from."""
+    last = ck_dir / "last.pt"
+    if last.is_file():
+        return None
+    runs = search_training_runs(f"tags.`{keys.CONFIG_HASH_TAG}` = '{config_hash}' and "
+                                "attributes.status != 'FINISHED'")  # RUNNING, FAILED, KILLED or SCHEDULED
+    for run in runs:
+        with tempfile.TemporaryDirectory(prefix="cxrstudy-ckpt-") as tmp:
+            try:
+                got = Path(mlflow.artifacts.download_artifacts(
+                    run_id=run.info.run_id, artifact_path=f"{CHECKPOINT_ARTIFACT_DIR}/last.pt", dst_path=tmp))
+                state = torch.load(got, map_location="cpu", weights_only=True)["state"]
+                step = int(state["step"])
+            except Exception:  # no checkpoint uploaded, or not a readable one: try the next run
+                continue
+            ck_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(got, last.with_name("last.pt.tmp"))
+            os.replace(last.with_name("last.pt.tmp"), last)
+        if progress:
+            print(f"resuming from the checkpoint of run {run.info.run_id} (step {step}) on the tracking server",
+                  file=sys.stderr)
+        return run.info.run_id
+    return None

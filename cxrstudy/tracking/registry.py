@@ -1,34 +1,61 @@
-"""Models in the MLflow Model Registry: log, register, alias, and load back.
+"""Models in the MLflow Model Registry: log, register, alias, and load back, safely.
 
-A trained model is logged with ``mlflow.pytorch.log_model`` in eval mode, with a signature, an
-input example and explicit pip requirements, saved in the ``pickle`` format so that loading
-returns a :class:`~cxrstudy.train.models.BinaryClassifier` (with ``embed`` for the probe), then
-registered under its configuration's name. ``models:/<name>@latest`` always resolves to the
-newest version: MLflow reserves the alias ``latest`` for exactly that (it refuses to set it by
-hand), so registering a new version is what moves it.
+A trained model is logged as an MLflow *models-from-code* pyfunc model: its artifacts are the
+classifier's state dict (``weights.pt``) and a small JSON config (backbone, image size,
+threshold, label); its code is ``cxrstudy/tracking/model_code.py``, which imports the model
+class from the installed package (:mod:`cxrstudy.tracking.pyfunc_model`). Nothing is pickled.
+:func:`load_model` and :func:`load_trained` download those two files and rebuild the
+:class:`~cxrstudy.train.models.BinaryClassifier` (with ``embed`` for the probe) with
+``torch.load(weights_only=True)``: they never run code from the store, and refuse a version
+that is anything else (an old pickled model, or a crafted one) with one line naming it.
+
+Each version is registered under its configuration's name with tags (label, hospitals, method,
+balance, seed, threshold, config hash, data fingerprint, synthetic or real, best validation
+metrics) and a one-paragraph description, and gets two kinds of alias: ``seed<k>`` (the newest
+version trained with seed k) and ``best`` (the highest validation WGA among the name's
+versions, recomputed at each registration). ``models:/<name>@latest`` is MLflow's own: it always
+resolves to the newest version, and MLflow refuses to set an alias called ``latest``.
 """
 
 from __future__ import annotations
 
 import importlib.metadata as md
 import json
+import math
 import re
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
+import yaml
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, Schema
 
 from cxrstudy.data.dataspec import DataSpec
 from cxrstudy.errors import DataError
+from cxrstudy.tracking import keys
+from cxrstudy.tracking.pyfunc_model import (CONFIG_FILE, CONFIG_KEY, WEIGHTS_FILE, WEIGHTS_KEY, load_classifier,
+                                            model_config, read_config)
+
+MODEL_CODE = Path(__file__).with_name("model_code.py")
+BEST_ALIAS = "best"
+#: the validation metrics of the kept checkpoint that a version carries as tags (``val/<name>``)
+VAL_TAG_METRICS = ("wga", "macro_f1", "auroc", "loss")
+BEST_METRIC_TAG = keys.VAL_PREFIX + "wga"  # what ``@best`` maximises
+
+
+def seed_alias(seed: int) -> str:
+    return f"seed{int(seed)}"
 
 
 def pip_requirements() -> list[str]:
     reqs = []
-    for pkg in ("torch", "torchvision", "numpy", "mlflow"):
+    for pkg in ("torch", "torchvision", "numpy", "pandas", "pillow", "mlflow"):
         try:
             reqs.append(f"{pkg}=={md.version(pkg).split('+')[0]}")
         except md.PackageNotFoundError:
@@ -45,20 +72,119 @@ def _installed(pkg: str) -> bool:
         return False
 
 
-def log_and_register(model: torch.nn.Module, name: str, image_size: int, *, metadata: dict | None = None):
-    """Log ``model`` to the active run and register it as a new version of ``name``.
+def signature() -> ModelSignature:
+    """Outputs ``probability`` (double) and ``prediction`` (long). There is no input schema on
+    purpose: the input is either a uint8 ``(N, H, W)`` array of any size or a list of image paths,
+    and MLflow's schema check would turn away the paths; the input example shows the array."""
+    return ModelSignature(inputs=None, outputs=Schema([ColSpec("double", "probability"),
+                                                       ColSpec("long", "prediction")]))
 
-    Returns (model_uri, version)."""
-    model = model.cpu().eval()
-    example = np.random.default_rng(0).random((2, 1, image_size, image_size), dtype=np.float32)
-    with torch.no_grad():
-        out = model(torch.from_numpy(example)).numpy()
-    info = mlflow.pytorch.log_model(
-        model, name="model", input_example=example, signature=infer_signature(example, out),
-        pip_requirements=pip_requirements(), serialization_format="pickle", metadata=metadata or {},
+
+def version_tags(*, label: str, hospitals, method: str, balance: str, seed: int, threshold: float,
+                 config_hash: str, data_fingerprint: str, synthetic: bool, image_size: int,
+                 val_metrics: dict, best_step: int) -> dict[str, str]:
+    """The tags every registered version carries (run tags' names where a run tag exists)."""
+    tags = {"label": label, "hospitals": ",".join(hospitals), keys.METHOD_TAG: method, "balance": balance,
+            "seed": str(seed), "threshold": f"{threshold:.4f}", "image_size": str(image_size),
+            keys.CONFIG_HASH_TAG: config_hash, keys.DATA_FINGERPRINT_TAG: data_fingerprint,
+            keys.SYNTHETIC_TAG: "true" if synthetic else "false", "best_step": str(best_step)}
+    for k in VAL_TAG_METRICS:
+        if k in val_metrics and val_metrics[k] is not None:
+            tags[keys.VAL_PREFIX + k] = f"{float(val_metrics[k]):.6g}"
+    return tags
+
+
+def version_description(tags: dict) -> str:
+    """One paragraph for the registry UI: what the model predicts, from what, how well, how to use it."""
+    synthetic = tags.get(keys.SYNTHETIC_TAG) == "true"
+    val = ", ".join(f"{k.replace('_', '-')} {tags[keys.VAL_PREFIX + k]}" for k in VAL_TAG_METRICS
+                    if keys.VAL_PREFIX + k in tags)
+    return (
+        f"Binary classifier for {tags['label']} on one frontal chest X-ray, trained by cxrstudy on "
+        f"{'SYNTHETIC hospitals (not for patients) ' if synthetic else ''}{tags['hospitals'].replace(',', '+')} "
+        f"with balance={tags['balance']}, method={tags[keys.METHOD_TAG]}, seed {tags['seed']}. "
+        f"Best validation checkpoint (step {tags['best_step']}): {val}; decision threshold "
+        f"{float(tags['threshold']):.2f}, chosen on validation. Input: grayscale images as a uint8 array "
+        f"(N, H, W) of any size, or a list of image file paths; the model resizes them to "
+        f"{tags['image_size']} px and scales by 1/255. Output: a table with probability and prediction "
+        f"(probability >= threshold). Artifacts are a state dict and a JSON config, no pickle: "
+        f"cxrstudy.tracking.registry.load_model loads them with torch.load(weights_only=True). "
+        f"Config hash {tags[keys.CONFIG_HASH_TAG]}, data fingerprint {tags[keys.DATA_FINGERPRINT_TAG]}."
     )
-    mv = mlflow.register_model(info.model_uri, name)
-    return info.model_uri, int(mv.version)
+
+
+@dataclass
+class RegisteredVersion:
+    """A version just registered, its aliases, and which version ``@latest`` is now."""
+
+    name: str
+    version: int
+    model_uri: str  # the logged model (models:/m-<id>)
+    aliases: list
+    latest: int
+
+    def line(self) -> str:
+        """What ``train`` prints; true at the moment it is printed."""
+        aliases = ", ".join(self.aliases) if self.aliases else "none"
+        return (f"model: models:/{self.name}/{self.version} (aliases: {aliases}; "
+                f"models:/{self.name}@latest is v{self.latest})")
+
+
+def log_and_register(model: torch.nn.Module, name: str, *, image_size: int, threshold: float, label: str,
+                     tags: dict, metadata: dict | None = None) -> RegisteredVersion:
+    """Log ``model`` to the active run as a state-dict pyfunc model, register it as a new version
+    of ``name`` with ``tags`` and a description, and point ``seed<k>`` and ``best``."""
+    model = model.cpu().eval()
+    config = model_config(backbone=model.backbone_name, image_size=image_size, threshold=threshold, label=label)
+    example = np.random.default_rng(0).integers(0, 256, (2, image_size, image_size), dtype=np.uint8)
+    with tempfile.TemporaryDirectory(prefix="cxrstudy-model-") as tmp:
+        weights, cfg_path = Path(tmp) / WEIGHTS_FILE, Path(tmp) / CONFIG_FILE
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, weights)
+        cfg_path.write_text(json.dumps(config, indent=1))
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(MODEL_CODE), artifacts={WEIGHTS_KEY: str(weights), CONFIG_KEY: str(cfg_path)},
+            signature=signature(), input_example=example, pip_requirements=pip_requirements(),
+            metadata={**(metadata or {}), **config})
+    mv = mlflow.register_model(info.model_uri, name, tags=tags)
+    version = int(mv.version)
+    client = MlflowClient()
+    client.update_model_version(name, str(version), description=version_description(tags))
+    if tags.get("seed", "").isdigit():
+        client.set_registered_model_alias(name, seed_alias(int(tags["seed"])), str(version))
+    update_best_alias(name)
+    latest = client.get_model_version_by_alias(name, "latest")
+    aliases = sorted(client.get_model_version(name, str(version)).aliases, key=lambda a: (a != BEST_ALIAS, a))
+    return RegisteredVersion(name=name, version=version, model_uri=info.model_uri, aliases=aliases,
+                             latest=int(latest.version))
+
+
+def update_best_alias(name: str) -> int | None:
+    """Point ``best`` at the version of ``name`` with the highest validation WGA (ties: the earliest,
+    so the alias moves only for a strictly better model); returns that version."""
+    client = MlflowClient()
+    scored = []
+    for mv in client.search_model_versions(f"name = '{name}'"):
+        try:
+            wga = float(mv.tags.get(BEST_METRIC_TAG, "nan"))
+        except ValueError:
+            continue
+        if math.isfinite(wga):
+            scored.append((wga, -int(mv.version)))
+    if not scored:
+        return None
+    best = -max(scored)[1]
+    client.set_registered_model_alias(name, BEST_ALIAS, str(best))
+    return best
+
+
+def describe_version(name: str, version: int) -> str:
+    """The alias line for an existing version (for a reused run): aliases now, and what @latest is."""
+    client = MlflowClient()
+    mv = client.get_model_version(name, str(version))
+    latest = client.get_model_version_by_alias(name, "latest")
+    aliases = sorted(mv.aliases, key=lambda a: (a != BEST_ALIAS, a))
+    return RegisteredVersion(name=name, version=int(version), model_uri=mv.source, aliases=aliases,
+                             latest=int(latest.version)).line()
 
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -102,16 +228,48 @@ def model_run_id(uri: str) -> str | None:
 
 
 def load_model(uri: str) -> tuple[torch.nn.Module, str, str | None]:
-    """Load a logged classifier (eval mode, on the CPU); one clear error if it does not exist.
+    """Load a logged classifier (eval mode, on the CPU) without running anything from the store.
 
-    Returns (model, resolved URI, id of the training run behind it or None)."""
+    Downloads the version's ``MLmodel``, ``config.json`` and ``weights.pt`` and rebuilds the
+    classifier from the installed package's code, reading the weights with
+    ``torch.load(weights_only=True)``. A version that is not in that format (an old pickled model,
+    or a crafted one) is refused with one line naming it. Returns (model, resolved URI, id of the
+    training run behind it or None)."""
     uri = resolve_model_uri(uri)
     run_id = model_run_id(uri)  # clear error for unknown names, aliases, versions
-    try:
-        model = mlflow.pytorch.load_model(uri, map_location="cpu")
-    except MlflowException as e:
-        raise DataError(f"cannot load model {uri}: {str(e).splitlines()[0]}") from None
+    what = f"model {uri}"
+    with tempfile.TemporaryDirectory(prefix="cxrstudy-load-") as tmp:
+        try:
+            root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)).resolve()
+        except (MlflowException, OSError) as e:
+            raise DataError(f"cannot load {what}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") \
+                from None
+        weights, config_path = _state_dict_files(root, what)
+        config = read_config(config_path, what)
+        model = load_classifier(weights, config, what)
     return model.eval(), uri, run_id
+
+
+def _state_dict_files(root: Path, what: str) -> tuple[Path, Path]:
+    """The weights and config files a cxrstudy model's ``MLmodel`` names, inside its own folder."""
+    try:
+        meta = yaml.safe_load((root / "MLmodel").read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise DataError(f"{what}: cannot read its MLmodel file ({type(e).__name__})") from None
+    flavors = meta.get("flavors") or {} if isinstance(meta, dict) else {}
+    artifacts = (flavors.get("python_function") or {}).get("artifacts") or {} if isinstance(flavors, dict) else {}
+    paths = []
+    for key in (WEIGHTS_KEY, CONFIG_KEY):
+        entry = artifacts.get(key) if isinstance(artifacts, dict) else None
+        rel = entry.get("path") if isinstance(entry, dict) else None
+        path = (root / rel).resolve() if isinstance(rel, str) else None
+        if path is None or not path.is_relative_to(root) or not path.is_file():
+            kinds = ", ".join(sorted(flavors)) if isinstance(flavors, dict) and flavors else "none"
+            raise DataError(f"{what} is not a cxrstudy state-dict model (flavors: {kinds}; no {key} artifact); "
+                            "refusing to load it, since that could run code stored with it. Retrain it with "
+                            "this version of cxrstudy")
+        paths.append(path)
+    return paths[0], paths[1]
 
 
 @dataclass

@@ -35,11 +35,16 @@ def wait_healthy(url: str, timeout: float = 90.0, proc: subprocess.Popen | None 
 
 
 @contextmanager
-def local_server(backend_uri: str, artifacts_dir: Path, host: str = "127.0.0.1", port: int | None = None):
-    """Start ``mlflow server`` on ``host`` (loopback by default), yield its URL, stop it at the end."""
+def local_server(backend_uri: str, artifacts_dir: Path, host: str = "127.0.0.1", port: int | None = None,
+                 log_dir: Path | None = None):
+    """Start ``mlflow server`` on ``host`` (loopback by default), yield its URL, stop it at the end.
+    Its log is ``<log_dir>/mlflow-server-<port>.log`` (default: beside ``artifacts_dir``; the study
+    passes the cache's log folder, so nothing lands in the repository)."""
     port = port or free_port()
     url = f"http://{host}:{port}"
-    log = open(Path(artifacts_dir).parent / f"mlflow-server-{port}.log", "w")
+    log_dir = Path(log_dir) if log_dir is not None else Path(artifacts_dir).parent
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = open(log_dir / f"mlflow-server-{port}.log", "w")
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
            "--artifacts-destination", str(artifacts_dir), "--host", host, "--port", str(port), "--workers", "1"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_RUN_ID")}
@@ -54,3 +59,28 @@ def local_server(backend_uri: str, artifacts_dir: Path, host: str = "127.0.0.1",
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def check_reachable(uri: str | None = None, timeout: float = 5.0) -> None:
+    """Raise DataError (one line naming the URI) when an ``http(s)://`` tracking URI does not answer
+    ``/health`` within ``timeout`` s. No MLflow import: cheap enough to run before ``mlflow run``,
+    which itself retries for minutes and ends in a traceback when the server is down."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status == 200:
+                return
+            reason = f"answered {r.status} on /health"
+    except OSError as e:
+        reason = f"unreachable ({getattr(e, 'reason', e)})"
+    raise DataError(f"MLflow tracking server {uri} is {reason}; start it or set MLFLOW_TRACKING_URI")
+
+
+if __name__ == "__main__":  # python -m cxrstudy.tracking.server check   (the Makefile runs it before `mlflow run`)
+    try:
+        check_reachable()
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -118,6 +118,25 @@ def imagenet_weights_path(backbone: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
 
 
+def normalise_pretrained(value) -> str:
+    """``none``/``imagenet`` in any case (``null`` = ``none``) -> lower case; a path as given."""
+    p = str(value).strip()
+    if p.lower() in ("none", "null"):
+        return "none"
+    return p.lower() if p.lower() == "imagenet" else p
+
+
+def check_pretrained(backbone: str, pretrained: str) -> None:
+    """Fail before any work when ``pretrained`` cannot be loaded for ``backbone`` (missing or garbage
+    file, ImageNet weights absent): the same checks :func:`build_model` makes, run up front."""
+    if normalise_pretrained(pretrained) == "none":
+        return
+    try:
+        build_model(backbone, pretrained)
+    except DataError as e:
+        raise UsageError(str(e)) from None
+
+
 def build_model(backbone: str, pretrained: str = "none") -> BinaryClassifier:
     """A fresh classifier. ``pretrained``: ``none``; ``imagenet`` (torchvision's weights, which must
     already be in the local torch hub cache: nothing is downloaded at run time); or a path to a

@@ -6,8 +6,9 @@
   MLflow store). Good for processes on one machine, or on machines sharing a file system
   that supports the lock (``journal-openlock:<path>`` uses an ``open(O_EXCL)`` lock instead of
   a symlink, for file systems such as NFS where symlinks are unreliable);
-- an RDB URL, ``sqlite:///<path>`` or ``postgresql://user:password@host/db`` (``mysql://`` too):
-  the way to share a study between machines.
+- an RDB URL, ``sqlite:///<path>`` or ``postgresql://user@host/db`` (``mysql://`` too): the way
+  to share a study between machines. A URL with a password in it is refused (it would be logged
+  and printed): PostgreSQL reads the password from ``PGPASSWORD`` or ``~/.pgpass``.
 
 Every storage records a **heartbeat** of each running trial. A trial whose process died (killed,
 preempted, out of memory) stops beating; after ``grace_period`` seconds any ``tune`` process
@@ -20,6 +21,7 @@ writer's wall-clock time, so the machines sharing a journal need synchronised cl
 from __future__ import annotations
 
 import inspect
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,9 +63,25 @@ def default_journal_path(tracking_uri: str) -> Path:
     return Path.cwd() / DEFAULT_JOURNAL_NAME
 
 
+_PASSWORD_IN_URL = re.compile(r"^([A-Za-z0-9+.-]+://[^/:@]*):([^@/]*)@")
+
+
+def redact(value: str) -> str:
+    """``scheme://user:secret@host/db`` -> ``scheme://user:***@host/db`` (safe to print)."""
+    return _PASSWORD_IN_URL.sub(r"\1:***@", str(value))
+
+
 def parse_storage(value: str, tracking_uri: str) -> StorageSpec:
-    """Validate ``storage=`` (empty: the default journal file next to the MLflow store)."""
+    """Validate ``storage=`` (empty: the default journal file next to the MLflow store).
+
+    A database URL with an embedded password is refused: it would be logged as a run parameter
+    and printed. The password belongs in ``PGPASSWORD`` or ``~/.pgpass`` (libpq reads both)."""
     v = str(value or "").strip()
+    if _PASSWORD_IN_URL.match(v):
+        bare = _PASSWORD_IN_URL.sub(r"\1@", v)
+        raise UsageError(
+            f"parameter storage={redact(v)} holds a password, which would be logged and printed; "
+            f"use storage={bare} and put the password in PGPASSWORD or ~/.pgpass")
     if not v:
         return StorageSpec("journal", str(default_journal_path(tracking_uri)))
     for prefix in JOURNAL_PREFIXES:
@@ -89,7 +107,7 @@ def parse_storage(value: str, tracking_uri: str) -> StorageSpec:
         return StorageSpec("rdb", with_installed_driver(v))
     raise UsageError(
         f"parameter storage={value!r} is not understood; expected journal:<path> (a journal file), "
-        "sqlite:///<path> or postgresql://user:password@host/db")
+        "sqlite:///<path> or postgresql://user@host/db (password in PGPASSWORD or ~/.pgpass)")
 
 
 def with_installed_driver(url: str) -> str:

@@ -6,9 +6,10 @@ accepted too. The CSV's ``Path`` column (``CheXpert-v1.0-small/train/patient0000
 view1_frontal.jpg``) is resolved relative to that dataset folder: its first component is
 dropped unless it is already ``train`` or ``valid``.
 
-Subject id: the digits of the ``patientNNNNN`` folder **as written, zero-padded**
-(``"00001"``), so lexicographic order equals numeric order. Study id: ``"<subject>_<study
-folder>"`` (``"00001_study1"``). Frontal rows only (``Frontal/Lateral == Frontal``); view from
+Subject id: the number of the ``patientNNNNN`` folder parsed as an integer and written back
+**without zero padding** (``patient00010`` -> ``"10"``), as the published code does. Ids are
+sorted as strings for the split, so ``"10"`` sorts before ``"2"``: this order sets the split.
+Study id: ``"<subject>_<study folder>"`` (``"1_study1"``). Frontal rows only (``Frontal/Lateral == Frontal``); view from
 ``AP/PA``. Labels from the CSV's columns with ``Pleural Effusion`` renamed ``Effusion`` and
 U-zeros (:func:`cxrstudy.labels.normalise_values`).
 """
@@ -25,6 +26,8 @@ from cxrstudy.data.sources.tabular import (CsvRealSource, assemble, csv_label_so
 from cxrstudy.errors import DataError
 
 CSV_NAMES = ("train.csv", "valid.csv")
+# Bumped whenever the id rule changes: part of the source fingerprint, hence of a run's identity.
+ID_RULE = "ids-int"
 REQUIRED = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
 
 
@@ -56,6 +59,11 @@ def relative_paths(paths: pd.Series) -> pd.Series:
     return p.str.replace(r"^(?!(?:train|valid)/)[^/]+/", "", regex=True)
 
 
+def subject_ids(digits: pd.Series) -> pd.Series:
+    """``"00010"`` -> ``"10"``: the folder number as the published code parses it (int, then str)."""
+    return digits.astype(str).map(lambda d: str(int(d)))
+
+
 def harmonise(csv: pd.DataFrame, *, file, image_root=None) -> pd.DataFrame:
     """One CheXpert CSV -> harmonised table of its frontal rows.
 
@@ -73,10 +81,11 @@ def harmonise(csv: pd.DataFrame, *, file, image_root=None) -> pd.DataFrame:
             f"{file}: column 'Path' has value {frontal['Path'][bad].iloc[0]!r}; "
             "expected .../patientNNNNN/studyN/<image>.jpg"
         )
+    subject = subject_ids(ids[0])
     return assemble(
         env="cxp",
-        subject=ids[0],
-        study=ids[0] + "_" + ids[1],
+        subject=subject,
+        study=subject + "_" + ids[1],
         path=join_root(image_root, rel),
         view=frontal["AP/PA"],
         sex=frontal["Sex"],
@@ -93,6 +102,9 @@ class CheXpertSource(CsvRealSource):
     def _locate_files(self) -> list[Path]:
         self.dataset_dir = dataset_dir(self.root)
         return [find_file(self.dataset_dir, n) for n in CSV_NAMES]
+
+    def _fingerprint_extra(self) -> str:
+        return ID_RULE
 
     def _build(self) -> pd.DataFrame:
         parts = [harmonise(read_chexpert_csv(p), file=p, image_root=self.dataset_dir) for p in self.csv_files]

@@ -92,7 +92,8 @@ class MetadataSource(Source):
         raise DataError(f"{self.env}: metadata mode has no images (cannot read {path}); use source=real or synthetic")
 
     def fingerprint(self) -> str:
-        return "metadata-" + files_fingerprint(self.csv_path)
+        fp = "metadata-" + files_fingerprint(self.csv_path)
+        return f"{fp}-{chexpert.ID_RULE}" if self.env == "cxp" else fp
 
     def __getstate__(self):
         state = self.__dict__.copy()

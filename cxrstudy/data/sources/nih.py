@@ -4,7 +4,8 @@ Images may lie in ``images/`` (the NIH box archives all unpack there) or in the 
 ``images_001/images/``, ``images_002/images/``, ...; each file's location is found once by
 listing those folders (one directory scan, no per-file stat). Every image is frontal.
 
-A label is 1 when its exact name is among ``Finding Labels`` split on ``|``. Subject id =
+A label is 1 when its exact name is among ``Finding Labels`` split on ``|``; a value outside the
+15 NIH findings (:data:`NIH_FINDINGS`) is an error naming the file and the value. Subject id =
 ``Patient ID`` (as written in the CSV, e.g. ``"1"``); study id = ``"<Patient ID>_<Follow-up #>"``.
 Age may be a number or the 2017 form ``058Y`` (``M``/``W``/``D`` suffixes are converted to years).
 """
@@ -19,6 +20,7 @@ import pandas as pd
 
 from cxrstudy.data.sources.base import find_file, require_columns
 from cxrstudy.data.sources.tabular import CsvRealSource, assemble, join_root, read_columns
+from cxrstudy.errors import DataError
 from cxrstudy.labels import DISEASES, add_any
 
 CSV_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
@@ -42,6 +44,26 @@ def parse_age(values: pd.Series) -> pd.Series:
     return (num * unit).astype(float)
 
 
+#: the 15 values ``Finding Labels`` may hold (the 14 findings and ``No Finding``), as NIH writes them
+NIH_FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema", "Fibrosis",
+                "Hernia", "Infiltration", "Mass", "No Finding", "Nodule", "Pleural_Thickening", "Pneumonia",
+                "Pneumothorax")
+
+
+def check_findings(findings: pd.Series, file) -> None:
+    """A DataError naming the file, the first unknown value and the allowed findings when a
+    ``Finding Labels`` entry holds anything but ``|``-separated NIH findings (blank is left alone)."""
+    tokens = findings.dropna().astype(str).str.split("|").explode().str.strip()
+    tokens = tokens[tokens != ""]
+    bad = tokens[~tokens.isin(NIH_FINDINGS)]
+    if len(bad):
+        n_rows = bad.index.nunique()
+        raise DataError(
+            f"{file}: column 'Finding Labels' has value {bad.iloc[0]!r} ({n_rows} row(s) with values outside the "
+            f"NIH findings, e.g. {findings.loc[bad.index[0]]!r}); expected '|'-separated values from: "
+            f"{', '.join(NIH_FINDINGS)}")
+
+
 def finding_labels(findings: pd.Series) -> pd.DataFrame:
     """Exact-name matching on ``|``-separated findings: the eight labels plus ``Any``."""
     wrapped = "|" + findings.astype("string").fillna("").str.replace(r"\s*\|\s*", "|", regex=True).str.strip() + "|"
@@ -60,6 +82,7 @@ def harmonise(entries: pd.DataFrame, *, file, image_root=None, image_index: dict
     """
     require_columns(entries, REQUIRED, file)
     e = entries.reset_index(drop=True)
+    check_findings(e["Finding Labels"], file)
     names = e["Image Index"].astype(str).str.strip()
     path = join_root(image_root, "images/" + names)
     if image_index is not None:

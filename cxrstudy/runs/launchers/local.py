@@ -186,7 +186,7 @@ def run_local(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
 
     if workers > 1 and tracking_uri.startswith("sqlite:"):
         db = Path(tracking_uri.split("sqlite:///", 1)[1])
-        with local_server(tracking_uri, db.parent / "mlartifacts") as url:
+        with local_server(tracking_uri, db.parent / "mlartifacts", log_dir=Path(cells[0].data.cache_dir) / "logs") as url:
             mlflow.set_tracking_uri(url)
             try:
                 run_cells(cells, workers=workers, parent_run_id=parent_run_id, device=device, tracking_uri=url,
