@@ -14,6 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from cxrstudy.tracking import keys
+
+from .dose import headline_strength
 from .queries import (SETTINGS_COLUMNS, comparison_runs, comparison_table, gc_paused, latest_dataset_stats,
                       latest_per_setting, resolve_experiment_ids)
 from .summary import as_metrics, headline, headline_sentence, hypothesis2_summary, hypothesis2_table
@@ -67,7 +70,14 @@ def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *
     timings["query"] = time.perf_counter() - t0
     if runs.empty:
         raise DataError(no_runs_message(ids, source))
-    settings = latest_per_setting(runs)
+    all_settings = latest_per_setting(runs)
+    # the headline, hypothesis 2 and their figures are the paper's study: ERM (the other methods
+    # get their own table, figure and section, see analysis.methods)
+    erm = all_settings[all_settings["method"] == keys.DEFAULT_METHOD]
+    settings = erm if len(erm) else all_settings
+    dose_at = headline_strength(settings)  # a dose-response study: the headline is at the default strength
+    if dose_at is not None:
+        settings = settings[settings["shortcut_strength"] == dose_at]
     head = headline(settings)
     h2 = hypothesis2_table(settings)
     one_source = source or (settings["source"].iloc[0] if settings["source"].nunique() == 1 else None)
@@ -78,11 +88,11 @@ def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     files["settings.csv"] = out / "settings.csv"
-    settings[SETTINGS_COLUMNS].to_csv(files["settings.csv"], index=False)
+    all_settings[SETTINGS_COLUMNS].to_csv(files["settings.csv"], index=False)
     files["hypothesis2.csv"] = out / "hypothesis2.csv"
     h2.to_csv(files["hypothesis2.csv"], index=False)
     files["settings_provenance.csv"] = out / "settings_provenance.csv"  # + run_id, source, seeds, ...
-    settings.to_csv(files["settings_provenance.csv"], index=False)
+    all_settings.to_csv(files["settings_provenance.csv"], index=False)
     figs = {}
     if figures:
         from .figures import make_figures
@@ -95,14 +105,17 @@ def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *
 
     probe_lines, probe_numbers = _probe_section(ids, source, out, files, synthetic=bool(settings["synthetic"].any()),
                                                 figures=figures)
+    method_lines, method_numbers = _method_section(all_settings, out, files, figures=figures)
+    dose_lines, dose_numbers = _dose_section(all_settings, ids, source, out, files, figures=figures)
+    flag_lines = _constant_model_flags(all_settings)
 
     from .report import write_report
 
     meta = {"experiment_ids": ids, "source": source, "n_runs": len(runs)}
-    files["report.md"] = write_report(settings, head, h2, stats, figs, out, meta=meta, extra_sections=probe_lines)
+    files["report.md"] = write_report(settings, head, h2, stats, figs, out, meta=meta, extra_sections=flag_lines + dose_lines + method_lines + probe_lines)
     result = {
         "settings": settings, "headline": head, "hypothesis2": h2, "hypothesis2_summary": hypothesis2_summary(h2),
-        "metrics": {**as_metrics(head, h2), **probe_numbers}, "files": files, "figures": figs, "report": files["report.md"],
+        "metrics": {**as_metrics(head, h2), **method_numbers, **dose_numbers, **probe_numbers}, "files": files, "figures": figs, "report": files["report.md"],
         "out_dir": out, "experiment_ids": ids, "source": source, "n_runs": len(runs),
         "synthetic": bool(settings["synthetic"].any()), "fake": bool(settings["fake"].any()),
         "dataset_stats": stats,
@@ -118,6 +131,59 @@ def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *
     result["seconds"] = time.perf_counter() - t0
     result["timings"] = timings
     return result
+
+
+def _constant_model_flags(settings) -> list[str]:
+    """Report lines naming every comparison that rests on a constant model (one that predicts a single
+    class on validation): its WGA is 0 or a group's TPR/TNR of 1 by construction, not by learning."""
+    if "n_constant_models" not in settings:
+        return []
+    bad = settings[settings["n_constant_models"].fillna(0) > 0]
+    if bad.empty:
+        return []
+    lines = ["## Flagged: comparisons that use a constant model", "",
+             f"{len(bad)} of {len(settings)} settings compare at least one model that predicts a single class on "
+             "validation (`train` warned about it). Their deltas are kept in the tables but say nothing about the "
+             "hospital shortcut:", ""]
+    for _, r in bad.iterrows():
+        lines.append(f"- {r['base']}+{r['added']} / {r['label']} / {r['balance']} / {r['method']}: "
+                     f"{int(r['n_constant_models'])} constant model(s), delta {r['delta_mean']:+.3f}")
+    return lines + [""]
+
+
+def _dose_section(settings, ids, source, out: Path, files: dict, *, figures: bool):
+    """The dose-response table, figure and report lines when the comparisons span several shortcut
+    strengths (else nothing)."""
+    from .dose import dose_figure, dose_metrics, dose_table, report_section, strengths_of
+    from .probes import probe_accuracy_by_strength, probe_runs
+
+    if len(strengths_of(settings)) < 2:
+        return [], {}
+    table = dose_table(settings, probe_accuracy_by_strength(probe_runs(ids, source)))
+    files["dose_response.csv"] = out / "dose_response.csv"
+    table.to_csv(files["dose_response.csv"], index=False)
+    fig = dose_figure(table, out / "dose_response.png") if figures else None
+    if fig is not None:
+        files[fig.name] = fig
+    return report_section(table, fig.name if fig is not None else None), dose_metrics(table)
+
+
+def _method_section(settings, out: Path, files: dict, *, figures: bool):
+    """The per-method table, head-to-head table, figure and report lines when the study has more than
+    one training method (else nothing)."""
+    from .methods import head_to_head, method_figure, method_metrics, method_table, methods_of, report_section
+
+    if len(methods_of(settings)) < 2:
+        return [], {}
+    table, h2h = method_table(settings), head_to_head(settings)
+    files["methods.csv"] = out / "methods.csv"
+    table.to_csv(files["methods.csv"], index=False)
+    files["methods_head_to_head.csv"] = out / "methods_head_to_head.csv"
+    h2h.to_csv(files["methods_head_to_head.csv"], index=False)
+    fig = method_figure(table, out / "methods.png", synthetic=bool(settings["synthetic"].any())) if figures else None
+    if fig is not None:
+        files[fig.name] = fig
+    return report_section(table, h2h, fig.name if fig is not None else None), method_metrics(table, h2h)
 
 
 def _probe_section(ids, source, out: Path, files: dict, *, synthetic: bool, figures: bool):

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 
 from cxrstudy.hospitals import HOSPITALS
+from cxrstudy.tracking import keys
 
-PROBE_FILTER = "tags.`cxrstudy.entry` = 'probe' and attributes.status = 'FINISHED'"
+PROBE_FILTER = f"tags.`{keys.ENTRY_TAG}` = '{keys.ENTRY_PROBE}' and attributes.status = 'FINISHED'"
 PAIR_METRIC = re.compile(r"^probe/([a-z]+)_vs_([a-z]+)/label([01])/acc$")
 #: the paper: mean probe accuracy >= 0.93 for every pair of hospitals
 PAPER_MIN_PAIR_ACC = 0.93
@@ -38,7 +39,9 @@ def probe_runs(experiment_ids, source: str | None = None) -> pd.DataFrame:
         seen.add(key)
         rows.append({"run_id": r.info.run_id, "model": t.get("model_uri", ""), "train_envs": t.get("train_envs", ""),
                      "label": t.get("label", ""), "balance": t.get("balance", ""), "seed": t.get("seed", ""),
-                     "probe_envs": t.get("probe_envs", ""), "metrics": dict(r.data.metrics)})
+                     "probe_envs": t.get("probe_envs", ""), "metrics": dict(r.data.metrics),
+                     "shortcut_strength": float(t[keys.SHORTCUT_STRENGTH_TAG]) if t.get(keys.SHORTCUT_STRENGTH_TAG)
+                     else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -155,3 +158,15 @@ def report_section(summary: pd.DataFrame, figure_rel: str | None) -> list[str]:
         "pairs_mean_label1": "pairs mean (y=1)", "control_mean": "control", "label_probe_mean": "label probe"})
     lines += [md_table(t), "", "`probe_summary.csv` next to this report holds the numbers.", ""]
     return lines
+
+
+def probe_accuracy_by_strength(runs: pd.DataFrame) -> dict[float, float]:
+    """The mean pair-probe accuracy at label 0 of the models trained at each shortcut strength."""
+    if runs.empty or "shortcut_strength" not in runs:
+        return {}
+    out = {}
+    for s, g in runs.dropna(subset=["shortcut_strength"]).groupby("shortcut_strength"):
+        accs = [v for m in g["metrics"] for k, v in m.items() if PAIR_METRIC.match(k) and k.endswith("label0/acc")]
+        if accs:
+            out[float(s)] = float(np.mean(accs))
+    return out

@@ -25,17 +25,20 @@ import pandas as pd
 from cxrstudy.hospitals import HOSPITALS
 from cxrstudy.labels import LABELS
 from cxrstudy.tracking import keys
+from cxrstudy.train.methods import method_names
 
 #: What ``settings.csv`` holds, in this order.
-SETTINGS_COLUMNS = ["base", "added", "label", "balance", "n_seeds", "wga_single", "wga_pair",
-                    "delta_mean", "delta_ci_low", "delta_ci_high", "hurt"]
+SETTINGS_COLUMNS = ["base", "added", "label", "balance", "method", "shortcut_strength", "n_seeds", "wga_single", "wga_pair",
+                    "delta_mean", "delta_ci_low", "delta_ci_high", "hurt", "worst_group_n_single",
+                    "worst_group_n_pair", "n_constant_models", "attributable_delta", "attributable_ci_low",
+                    "attributable_ci_high"]
 #: ``comparison_table`` adds these (provenance) after the settings columns.
 EXTRA_COLUMNS = ["run_id", "source", "synthetic", "fake", "seeds", "start_time", "experiment_id"]
 #: One setting = one row: the newest FINISHED run per key.
-SETTING_KEY = ["base", "added", "label", "balance", "source"]
+SETTING_KEY = ["base", "added", "label", "balance", "method", "shortcut_strength", "source"]
 
-COMPARE_FILTER = "tags.`cxrstudy.entry` = 'compare' and attributes.status = 'FINISHED'"
-PREPROCESS_FILTER = "tags.`cxrstudy.entry` = 'preprocess' and attributes.status = 'FINISHED'"
+COMPARE_FILTER = f"tags.`{keys.ENTRY_TAG}` = '{keys.ENTRY_COMPARE}' and attributes.status = 'FINISHED'"
+PREPROCESS_FILTER = f"tags.`{keys.ENTRY_TAG}` = '{keys.ENTRY_PREPROCESS}' and attributes.status = 'FINISHED'"
 
 _METRICS = {  # column -> metric key
     "n_seeds": keys.compare_metric("n_seeds"),
@@ -45,6 +48,10 @@ _METRICS = {  # column -> metric key
     "delta_ci_low": keys.compare_metric("delta_ci_low"),
     "delta_ci_high": keys.compare_metric("delta_ci_high"),
     "hurt_logged": keys.compare_metric("hurt"),
+    "worst_group_n_single": keys.compare_metric("worst_group_n_single"),
+    "worst_group_n_pair": keys.compare_metric("worst_group_n_pair"),
+    "n_constant_models": keys.compare_metric("n_constant_models"),
+    **{k: keys.compare_metric(k) for k in keys.ATTRIBUTABLE_METRICS},
 }
 
 
@@ -91,7 +98,9 @@ def sort_settings(df: pd.DataFrame) -> pd.DataFrame:
         "added": {v: i for i, v in enumerate(known_order(df["added"], HOSPITALS))},
         "balance": {v: i for i, v in enumerate(known_order(df["balance"], keys.BALANCE_MODES))},
     }
-    cols = ["label", "base", "added", "balance"] + (["source"] if "source" in df else [])
+    if "method" in df:
+        ranks["method"] = {v: i for i, v in enumerate(known_order(df["method"], method_names()))}
+    cols = (["label", "base", "added", "balance"] + [c for c in ("method", "shortcut_strength", "source") if c in df])
     ranked = df.assign(**{f"_r_{c}": df[c].map(m) for c, m in ranks.items()})
     by = [f"_r_{c}" if c in ranks else c for c in cols]
     return ranked.sort_values(by, kind="stable").drop(columns=[f"_r_{c}" for c in ranks]).reset_index(drop=True)
@@ -126,6 +135,9 @@ def _rows(runs) -> list[dict]:
         row = {
             "base": tags["base"], "added": tags["added"], "label": tags["label"],
             "balance": tags.get("balance") or "none",
+            "method": tags.get(keys.METHOD_TAG) or keys.DEFAULT_METHOD,
+            "shortcut_strength": float(tags[keys.SHORTCUT_STRENGTH_TAG]) if tags.get(keys.SHORTCUT_STRENGTH_TAG)
+            else np.nan,
             "source": tags.get("source") or "unknown",
             "synthetic": (tags.get(keys.SYNTHETIC_TAG, "").lower() == "true"
                           or tags.get("source") == "synthetic"),

@@ -3,10 +3,13 @@
     mlflow run . --env-manager local -e main                       # synthetic default, ~CPU minutes
     mlflow run . -e main -P source=real -P data_root=/data -P envs=all -P labels=all -P seeds=0,1,2 -P preset=paper
 
-Preprocess, the training grid (single-hospital, two-hospital and balanced two-hospital models),
+Preprocess, the training grid (single-hospital, two-hospital and balanced two-hospital models,
+for each training method in ``-P methods=erm,groupdro,...``),
 every comparison, then the analysis, as nested MLflow runs under one parent. With ``-P probe=true``
 every trained model also gets a hospital-identifiability probe run (on the study's hospitals),
-and the analysis report gains a probe table and figure. Resumable: run it
+and the analysis report gains a probe table and figure. On the synthetic hospitals,
+``-P shortcut_strengths=0,0.5,1,2`` trains the same grid at each shortcut strength (the same
+patients, labels and seeds; only the pixels differ) and the analysis adds the dose-response. Resumable: run it
 again and only unfinished cells are redone.
 """
 
@@ -26,10 +29,12 @@ PARAMS = {
     "labels": "Effusion,Cardiomegaly",
     "seeds": "0",
     "balances": "none,hospital_label",
+    "methods": "erm",
+    "shortcut_strengths": "",
     "workers": "auto",
     "n_bootstrap": "1000",
     "probe": "false",
-    **{k: v for k, v in TRAIN_PARAMS.items() if k not in ("envs", "label", "seed", "balance", "force",
+    **{k: v for k, v in TRAIN_PARAMS.items() if k not in ("envs", "label", "seed", "balance", "method", "force",
                                                           "parent_run_id")},
     **LAUNCHER_PARAMS,
 }
@@ -47,9 +52,11 @@ def main(argv=None) -> None:
         from cxrstudy.labels import parse_labels
         from cxrstudy.runs.launchers import launcher_from_params
         from cxrstudy.runs.launchers.local import resolve_workers
-        from cxrstudy.params import as_bool, as_int, as_int_list
+        from cxrstudy.params import as_bool, as_float, as_int, as_int_list, optional
         from analysis import run_analysis
-        from cxrstudy.runs.study import run_main
+        from cxrstudy.runs.study import method_templates, run_main
+        from cxrstudy.runs.train import preflight
+        from cxrstudy.train.methods import parse_method_list
         from cxrstudy.train.device import pick_device
 
         envs = parse_envs(raw["envs"])
@@ -67,11 +74,24 @@ def main(argv=None) -> None:
         launcher = launcher_from_params(raw)
         n_boot = as_int("n_bootstrap", raw["n_bootstrap"], lo=10, hi=100000)
         probe = as_bool("probe", raw["probe"])
-        template = config_from_params({**raw, "envs": envs[0], "label": labels[0], "seed": "0", "balance": "none"})
+        methods = parse_method_list(raw["methods"], given={k: v for k, v in raw.items() if optional(v)})
+        template = config_from_params({**raw, "envs": envs[0], "label": labels[0], "seed": "0", "balance": "none",
+                                       "method": methods[0]})
         pick_device(raw["device"])
+        strengths = None
+        if optional(raw["shortcut_strengths"]):
+            strengths = []
+            for part in [p for p in raw["shortcut_strengths"].split(",") if p.strip()]:
+                v = as_float("shortcut_strengths", part, lo=0.0, hi=10.0)
+                if v not in strengths:
+                    strengths.append(v)
+            if template.data.source != "synthetic":
+                raise UsageError("parameter shortcut_strengths needs source=synthetic (real hospitals have no knob)")
+        preflight(template)  # cache_dir writable, pretrained weights loadable: before any work
         launcher.check(tracking.setup())
         run_main(template, envs, labels, seeds, balances, workers=workers, n_bootstrap=n_boot, device=raw["device"],
-                 probe=probe, launcher=launcher, analyze=run_analysis)
+                 probe=probe, launcher=launcher, analyze=run_analysis,
+                 methods=method_templates(template, methods, raw), strengths=strengths)
 
     cli.run(body)
 

@@ -79,6 +79,20 @@ class EqualShareBatches:
             envs.append(np.full(len(pos), i, dtype=np.int64))
         return np.concatenate(imgs), np.concatenate(ys), np.concatenate(envs)
 
+    def offsets(self) -> np.ndarray:
+        """Where each pool's examples start in the run's example numbering (pools concatenated)."""
+        return np.concatenate([[0], np.cumsum([len(p.slots) for p in self.pools])[:-1]]).astype(np.int64)
+
+    def rows(self, step: int) -> np.ndarray:
+        """The example number (pools concatenated, in slot order) of each image of batch ``step``,
+        in the order :meth:`batch` returns them; per-example weights (JTT) are looked up by it."""
+        out, offsets = [], self.offsets()
+        for i, pool in enumerate(self.pools):
+            pos = self.positions(i, step)
+            order = np.argsort(pool.slots[pos], kind="stable")
+            out.append(offsets[i] + pos[order])
+        return np.concatenate(out)
+
 
 def to_tensor(images: np.ndarray, pin: bool = False) -> torch.Tensor:
     """uint8 (B, S, S) -> uint8 tensor (B, 1, S, S), pinned for fast host-to-GPU copies if asked."""

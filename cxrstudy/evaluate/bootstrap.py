@@ -49,6 +49,7 @@ __all__ = [
     "wga_bootstrap",
     "paired_delta_bootstrap",
     "mean_delta_bootstrap",
+    "difference_in_delta_bootstrap",
 ]
 
 #: Columns every prediction table must have.
@@ -356,3 +357,36 @@ def paired_delta_bootstrap(
         "n_subjects": res["n_subjects"],
         "n_incomplete": res["n_incomplete"],
     }
+
+
+def difference_in_delta_bootstrap(
+    quads: Sequence[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]],
+    n_resamples: int = 1000,
+    seed=0,
+    alpha: float = 0.05,
+    *,
+    expected_envs: Iterable[str] | None = None,
+) -> dict:
+    """CI of ``mean_k [(WGA(b_k) - WGA(a_k)) - (WGA(d_k) - WGA(c_k))]``: how much of a delta one
+    condition adds over a reference (e.g. the shortcut-attributable change delta(s) - delta(0)).
+
+    ``quads`` holds one ``(a, b, c, d)`` per seed: (single, pair) under the condition, then
+    (single, pair) under the reference. All tables must describe the same test subjects, labels and
+    rows (the synthetic hospitals at two shortcut strengths do: only the pixels differ); each
+    subject resample is applied to all of them, so the interval is paired.
+    """
+    if len(quads) == 0:
+        raise ValueError("no (a, b, c, d) tables given")
+    frames = [f for q in quads for f in q]
+    names = [f"seed {k} {n}" for k in range(len(quads)) for n in ("a", "b", "c", "d")]
+    check_aligned(frames, names)
+    design = _design(frames[0])
+    preds = [_predictions(f, n) for f, n in zip(frames, names)]
+    points = np.array([_point(design, p, expected_envs)[0] for p in preds]).reshape(len(quads), 4)
+    per_seed = (points[:, 1] - points[:, 0]) - (points[:, 3] - points[:, 2])
+    wga, n_incomplete = _resample_wga(design, [_correct(design, p) for p in preds], n_resamples, seed)
+    w = wga.reshape(len(quads), 4, -1)
+    samples = ((w[:, 1] - w[:, 0]) - (w[:, 3] - w[:, 2])).mean(axis=0)
+    low, high = _interval(samples, alpha)
+    return {"estimate": float(per_seed.mean()), "low": low, "high": high, "per_seed": per_seed.tolist(),
+            "n_resamples": int(n_resamples), "n_subjects": design.n_subjects, "n_incomplete": n_incomplete}

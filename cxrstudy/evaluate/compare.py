@@ -35,6 +35,8 @@ class Setting:
     added: str
     label: str
     balance: str = "none"
+    #: the training method of both arms (cxrstudy.train.methods); erm = the paper
+    method: str = "erm"
 
     def __post_init__(self):
         if self.base == self.added:
@@ -42,14 +44,17 @@ class Setting:
 
     @property
     def name(self) -> str:
-        return f"{self.base}+{self.added}/{label_key(self.label)}/{self.balance}"
+        method = "" if self.method == "erm" else f"/{self.method}"
+        return f"{self.base}+{self.added}/{label_key(self.label)}/{self.balance}{method}"
 
 
 def single_config(template: TrainConfig, env: str, label: str, seed: int) -> TrainConfig:
+    """The single-hospital arm (trained with ``template``'s method)."""
     return dataclasses.replace(template, envs=(env,), label=label, seed=seed, balance="none")
 
 
 def pair_config(template: TrainConfig, setting: Setting, seed: int) -> TrainConfig:
+    """The two-hospital arm (trained with ``template``'s method)."""
     envs = normalise_envs([setting.base, setting.added], setting.balance)
     return dataclasses.replace(template, envs=envs, label=setting.label, seed=seed, balance=setting.balance)
 
@@ -81,6 +86,12 @@ def cached_predictions(model_uri: str, run_id: str, envs: list[str], cache_dir: 
     return pd.concat(frames, ignore_index=True)
 
 
+def worst_group_size(metrics: dict) -> int:
+    """How many test images the worst group of ``evaluate_predictions``' result holds."""
+    env, value = metrics["wga_group"].split("/y=")
+    return int(metrics[f"{env}/n_pos"] if value == "1" else metrics[f"{env}/n_neg"])
+
+
 def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Callable[[TrainConfig], dict], *,
             n_bootstrap: int = 1000, device: str = "auto") -> dict:
     """Train (or reuse) the models of a setting for every seed, evaluate, and summarise.
@@ -89,7 +100,7 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
     """
     envs = [setting.base, setting.added]
     cache_dir = template.data.cache_dir
-    pairs, per_seed, runs = [], [], {"single": [], "pair": []}
+    pairs, per_seed, runs, constant = [], [], {"single": [], "pair": []}, []
     for seed in seeds:
         s_res = train(single_config(template, setting.base, setting.label, seed))
         p_res = train(pair_config(template, setting, seed))
@@ -102,7 +113,9 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
         mp = evaluate_predictions(df_p, expected_envs=envs)
         per_seed.append({"seed": seed, "wga_single": ms["wga"], "wga_pair": mp["wga"],
                          "group_single": ms["wga_group"], "group_pair": mp["wga_group"],
+                         "n_group_single": worst_group_size(ms), "n_group_pair": worst_group_size(mp),
                          "delta": mp["wga"] - ms["wga"]})
+        constant += [bool(r.get("constant", False)) for r in (s_res, p_res)]
     boot = mean_delta_bootstrap(pairs, n_resamples=n_bootstrap, seed=0, expected_envs=envs)
     delta = float(np.mean([r["delta"] for r in per_seed]))
     return {
@@ -113,6 +126,11 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
         "delta_ci_high": float(boot["high"]),
         "hurt": int(delta < 0),
         "n_seeds": len(seeds),
+        # the size of each arm's worst group (smallest over seeds): how many images one WGA rests on
+        "worst_group_n_single": int(min(r["n_group_single"] for r in per_seed)),
+        "worst_group_n_pair": int(min(r["n_group_pair"] for r in per_seed)),
+        # models that predict one class on validation (train warns): such a comparison is flagged
+        "n_constant_models": int(sum(constant)),
         "per_seed": per_seed,
         "runs": runs,
     }

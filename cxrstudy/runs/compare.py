@@ -7,18 +7,22 @@ import sys
 
 import mlflow
 
-from cxrstudy.evaluate.compare import Setting, compare, compare_key, pair_config, single_config
+from cxrstudy.evaluate.bootstrap import difference_in_delta_bootstrap
+from cxrstudy.evaluate.compare import (Setting, cached_predictions, compare, compare_key, pair_config,
+                                       single_config)
 from cxrstudy.labels import label_key
 from cxrstudy.runs.train import run_training
 from cxrstudy.tracking import keys
 from cxrstudy.tracking import runs as tracking
-from cxrstudy.train.config import TrainConfig
+from cxrstudy.train.config import TrainConfig, with_method
 
 
 def run_compare(setting: Setting, template: TrainConfig, seeds: list[int], *, n_bootstrap: int = 1000,
                 device: str = "auto", force: bool = False, parent_run_id: str | None = None,
                 progress: bool = True) -> dict:
-    """The tracked comparison of one setting (reused when an identical one has FINISHED)."""
+    """The tracked comparison of one setting (reused when an identical one has FINISHED). Both arms
+    are trained with the setting's method (``template``'s hyperparameters when it is that method's)."""
+    template = with_method(template, setting.method)
     single_h = [single_config(template, setting.base, setting.label, s).content_hash() for s in seeds]
     pair_h = [pair_config(template, setting, s).content_hash() for s in seeds]
     key = compare_key(setting, seeds, single_h, pair_h, n_bootstrap)
@@ -28,9 +32,13 @@ def run_compare(setting: Setting, template: TrainConfig, seeds: list[int], *, n_
             return {"run_id": done.info.run_id, "reused": True,
                     **{k.split("/", 1)[1]: v for k, v in done.data.metrics.items() if k.startswith(keys.COMPARE_PREFIX)}}
     tags = {keys.ENTRY_TAG: keys.ENTRY_COMPARE, keys.COMPARE_KEY_TAG: key, "base": setting.base, "added": setting.added,
-            "label": setting.label, "balance": setting.balance, "source": template.data.source,
+            "label": setting.label, "balance": setting.balance, keys.METHOD_TAG: setting.method,
+            "source": template.data.source,
+            **({keys.SHORTCUT_STRENGTH_TAG: f"{template.data.synthetic.shortcut_strength:g}"}
+               if template.data.is_synthetic else {}),
             "seeds": ",".join(map(str, seeds))}
-    name = f"compare-{setting.base}+{setting.added}-{label_key(setting.label)}-{setting.balance}"
+    method = "" if setting.method == keys.DEFAULT_METHOD else f"-{setting.method}"
+    name = f"compare-{setting.base}+{setting.added}-{label_key(setting.label)}-{setting.balance}{method}"
     with tracking.run(run_name=name, tags=tags, nested=parent_run_id is not None or mlflow.active_run() is not None,
                       parent_run_id=parent_run_id) as active:
         tracking.mark_synthetic(template.data.is_synthetic)
@@ -54,3 +62,24 @@ def run_compare(setting: Setting, template: TrainConfig, seeds: list[int], *, n_
               f"delta {res['delta_wga']:+.3f} [{res['delta_ci_low']:+.3f}, {res['delta_ci_high']:+.3f}]"
               f"{'  HURT' if res['hurt'] else ''}", file=sys.stderr)
         return {"run_id": me, "reused": False, **{k: v for k, v in res.items() if k not in ("per_seed", "runs")}}
+
+
+def log_shortcut_attribution(setting: Setting, template: TrainConfig, reference: TrainConfig, seeds: list[int],
+                             compare_run_id: str, *, n_bootstrap: int = 1000, device: str = "auto") -> dict:
+    """The shortcut-attributable change of one setting: per seed, delta(s) - delta(0), where the two
+    strengths' models saw the same patients, labels and seeds (only the pixels differ), with a paired
+    patient-bootstrap CI; logged on the comparison run at strength s (``compare/attributable_*``)."""
+    envs = [setting.base, setting.added]
+    quads = []
+    for seed in seeds:
+        frames = []
+        for t in (template, reference):
+            for cfg in (single_config(t, setting.base, setting.label, seed), pair_config(t, setting, seed)):
+                res = run_training(cfg, device=device, progress=False)  # reused: the grid trained it
+                frames.append(cached_predictions(res["model_uri"], res["run_id"], envs, cfg.data.cache_dir, device))
+        quads.append(tuple(frames))
+    boot = difference_in_delta_bootstrap(quads, n_resamples=n_bootstrap, seed=0, expected_envs=envs)
+    out = {"attributable_delta": boot["estimate"], "attributable_ci_low": boot["low"],
+           "attributable_ci_high": boot["high"]}
+    tracking.log_metrics_to(compare_run_id, {keys.compare_metric(k): v for k, v in out.items()})
+    return out

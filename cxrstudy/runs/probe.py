@@ -54,7 +54,9 @@ def run_probe(model_uri: str, envs: list[str], *, seed: int = 0, min_per_class: 
     tags = {keys.ENTRY_TAG: keys.ENTRY_PROBE, keys.PROBE_KEY_TAG: key, "model_uri": trained.uri, "train_run_id": trained.run_id,
             "label": trained.label, "train_envs": ",".join(trained.envs), "probe_envs": ",".join(envs),
             "balance": train_tags.get("balance", ""), "seed": train_tags.get("seed", ""),
-            "source": trained.spec.source}
+            "source": trained.spec.source,
+            **({keys.SHORTCUT_STRENGTH_TAG: f"{trained.spec.synthetic.shortcut_strength:g}"}
+               if trained.spec.is_synthetic else {})}
     name = f"probe-{trained.uri.split('/', 1)[-1].replace('/', '-')}-on-{'+'.join(envs)}"
     nested = parent_run_id is not None or mlflow.active_run() is not None
     with tracking.run(run_name=name, tags=tags, nested=nested, parent_run_id=parent_run_id) as active:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 
@@ -9,22 +10,39 @@ import mlflow
 from tqdm.auto import tqdm
 
 from cxrstudy.evaluate.compare import Setting, pair_config, single_config
-from cxrstudy.runs.compare import run_compare
+from cxrstudy.errors import UsageError
+from cxrstudy.runs.compare import log_shortcut_attribution, run_compare
 from cxrstudy.tracking import keys
 from cxrstudy.tracking import runs as tracking
-from cxrstudy.train.config import TrainConfig
+from cxrstudy.train.config import TrainConfig, with_method
 
 
-def grid_settings(envs: list[str], labels: list[str], balances: list[str]) -> list[Setting]:
-    """Every ordered (base, added) pair of distinct hospitals x label x balance."""
-    return [Setting(a, b, lab, bal) for lab in labels for bal in balances
+def grid_settings(envs: list[str], labels: list[str], balances: list[str],
+                  methods: list[str] = (keys.DEFAULT_METHOD,)) -> list[Setting]:
+    """Every ordered (base, added) pair of distinct hospitals x label x balance x method."""
+    return [Setting(a, b, lab, bal, m) for m in methods for lab in labels for bal in balances
             for a, b in itertools.permutations(envs, 2)]
 
 
-def grid_cells(template: TrainConfig, settings: list[Setting], seeds: list[int]) -> list[TrainConfig]:
-    """The distinct training runs the settings need (a pair model serves both orders)."""
+def method_templates(template: TrainConfig, methods: list[str], raw: dict | None = None) -> dict[str, TrainConfig]:
+    """One template per method: ``template`` trained with that method, its hyperparameters from
+    ``raw`` (entry-point parameters) or the method's defaults."""
+    return {m: with_method(template, m, raw) for m in methods}
+
+
+def template_for(templates, setting: Setting) -> TrainConfig:
+    """The template of the setting's method (a single template stands for every method)."""
+    if isinstance(templates, TrainConfig):
+        return with_method(templates, setting.method)
+    return templates[setting.method]
+
+
+def grid_cells(templates, settings: list[Setting], seeds: list[int]) -> list[TrainConfig]:
+    """The distinct training runs the settings need (a pair model serves both orders). ``templates``:
+    one TrainConfig, or one per method (:func:`method_templates`)."""
     seen, cells = set(), []
     for st in settings:
+        template = template_for(templates, st)
         for seed in seeds:
             for cfg in (single_config(template, st.base, st.label, seed), pair_config(template, st, seed)):
                 h = cfg.content_hash()
@@ -36,36 +54,66 @@ def grid_cells(template: TrainConfig, settings: list[Setting], seeds: list[int])
 
 def run_main(template: TrainConfig, envs: list[str], labels: list[str], seeds: list[int], balances: list[str], *,
              workers: int = 1, n_bootstrap: int = 1000, device: str = "auto", progress: bool = True,
-             probe: bool = False, launcher=None, analyze=None) -> dict:
+             probe: bool = False, launcher=None, analyze=None, methods: dict | None = None,
+             strengths: list[float] | None = None) -> dict:
     """The whole study as nested runs under one parent: preprocess, training grid, comparisons, analysis.
     ``launcher`` (:mod:`cxrstudy.runs.launchers`) decides where the grid trains; default: locally.
     ``analyze(experiment_ids=..., source=...)`` is the study-level analysis (the top-level ``analysis``
-    package's ``run_analysis``, passed in by the entry point so that the library never imports it)."""
+    package's ``run_analysis``, passed in by the entry point so that the library never imports it).
+    ``methods`` maps each training method of the grid to its template (:func:`method_templates`);
+    default: ``template``'s method alone. ``strengths`` (synthetic only) runs the grid at each shortcut
+    strength on the same patients, labels and seeds -- the dose-response; with 0 among them, every
+    comparison at s > 0 also gets its shortcut-attributable change delta(s) - delta(0)."""
     from cxrstudy.runs.launchers import Launcher
     from cxrstudy.runs.preprocess import run_preprocess
 
     launcher = launcher or Launcher("local")
 
-    settings = grid_settings(envs, labels, balances)
-    cells = grid_cells(template, settings, seeds)
+    templates = methods or {template.method: template}
+    doses = list(strengths) if strengths else [None]
+    by_dose = {s: {m: at_strength(t, s) for m, t in templates.items()} for s in doses}
+    settings = grid_settings(envs, labels, balances, list(templates))
+    cells, seen = [], set()
+    for s in doses:
+        for cfg in grid_cells(by_dose[s], settings, seeds):
+            if cfg.content_hash() not in seen:
+                seen.add(cfg.content_hash())
+                cells.append(cfg)
     with tracking.run(run_name="main", tags={keys.ENTRY_TAG: keys.ENTRY_MAIN, "source": template.data.source}) as parent:
         pid = parent.info.run_id
         tracking.mark_synthetic(template.data.is_synthetic)
         tracking.log_params({"envs": ",".join(envs), "labels": ",".join(labels), "seeds": ",".join(map(str, seeds)),
-                             "balances": ",".join(balances), "workers": workers, "launcher": launcher.name,
-                             "n_settings": len(settings),
+                             "balances": ",".join(balances), "methods": ",".join(templates), "workers": workers,
+                             "launcher": launcher.name, "n_settings": len(settings) * len(doses),
                              "n_training_cells": len(cells)}, prefix="cfg.")
-        print(f"study: {len(envs)} hospitals, {len(labels)} labels, {len(seeds)} seed(s), balance {balances}: "
-              f"{len(settings)} settings, {len(cells)} models", file=sys.stderr)
-        run_preprocess(template.data, envs, nested=True, progress=progress)
+        if strengths:
+            tracking.log_params({"shortcut_strengths": ",".join(f"{s:g}" for s in strengths)}, prefix="cfg.")
+        dose = f", shortcut strengths {','.join(f'{s:g}' for s in strengths)}" if strengths else ""
+        print(f"study: {len(envs)} hospitals, {len(labels)} labels, {len(seeds)} seed(s), balance {balances}, "
+              f"method {list(templates)}{dose}: {len(settings) * len(doses)} settings, {len(cells)} models",
+              file=sys.stderr)
+        for s in doses:
+            run_preprocess(at_strength(template, s).data, envs, nested=True, progress=progress)
         uri = mlflow.get_tracking_uri()
         exp_id = parent.info.experiment_id
         launcher.run(cells, workers=workers, parent_run_id=pid, experiment_id=exp_id, tracking_uri=uri,
                      device=device, progress=progress)
         results = []
-        for st in tqdm(settings, desc="comparisons", unit="setting", disable=not progress):
-            results.append(run_compare(st, template, seeds, n_bootstrap=n_bootstrap, device=device,
-                                       parent_run_id=pid, progress=False))
+        for s in doses:
+            for st in tqdm(settings, desc="comparisons" + (f" (strength {s:g})" if s is not None else ""),
+                           unit="setting", disable=not progress):
+                res = run_compare(st, template_for(by_dose[s], st), seeds, n_bootstrap=n_bootstrap, device=device,
+                                  parent_run_id=pid, progress=False)
+                results.append({**res, "setting": st, "shortcut_strength": s})
+        if strengths and 0.0 in strengths and len(strengths) > 1:
+            for r in tqdm([r for r in results if r["shortcut_strength"] != 0.0], desc="shortcut attribution",
+                          unit="setting", disable=not progress):
+                if r.get("reused") and "attributable_delta" in r:
+                    continue
+                st = r["setting"]
+                log_shortcut_attribution(st, template_for(by_dose[r["shortcut_strength"]], st),
+                                         template_for(by_dose[0.0], st), seeds, r["run_id"],
+                                         n_bootstrap=n_bootstrap, device=device)
         if probe:
             run_probes_for(cells, envs, device=device, parent_run_id=pid, progress=progress)
         summary = None
@@ -74,6 +122,17 @@ def run_main(template: TrainConfig, envs: list[str], labels: list[str], seeds: l
                 summary = analyze(experiment_ids=[exp_id], source=template.data.source)
             mlflow.log_metrics({k: v for k, v in _flat_headline(summary).items()})
     return {"run_id": pid, "settings": results, "analysis": summary}
+
+
+def at_strength(cfg: TrainConfig, strength: float | None) -> TrainConfig:
+    """``cfg`` on synthetic hospitals rendered at another shortcut strength: the same patients,
+    labels and seeds, only the pixels differ (``None``: unchanged)."""
+    if strength is None:
+        return cfg
+    if not cfg.data.is_synthetic:
+        raise UsageError("shortcut_strengths needs source=synthetic: only synthetic hospitals have a shortcut knob")
+    syn = dataclasses.replace(cfg.data.synthetic, shortcut_strength=float(strength))
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, synthetic=syn))
 
 
 def run_probes_for(cells: list[TrainConfig], envs: list[str], *, device: str = "auto",

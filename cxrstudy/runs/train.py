@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from cxrstudy.tracking import keys
 from cxrstudy.tracking import runs as tracking
-from cxrstudy.tracking.registry import log_and_register, version_tags
+from cxrstudy.tracking.registry import has_safe_model, log_and_register, version_tags
 from cxrstudy.train.config import TrainConfig
 from cxrstudy.train.device import pick_device
 from cxrstudy.train.loop import prepare_data, train_model, validation_metrics
@@ -67,8 +67,10 @@ def find_trained(cfg: TrainConfig, experiment_ids=None):
     A run trained before the data fingerprint was part of the identity carries the older hash
     (:meth:`TrainConfig.legacy_hash`). It is reused only when the data it logged as inputs (the
     cache keys of its train and val entries, which cover the source fingerprint and the rows) are
-    exactly today's; it is then tagged with the current hash and fingerprint so the next lookup is
-    direct. A legacy run whose inputs differ, or that logged none, is not reused: ``cfg`` retrains.
+    exactly today's and its model is in the safe format (:func:`registry.has_safe_model`); it is then
+    tagged with the current hash and fingerprint so the next lookup is direct. A legacy run whose
+    inputs differ, that logged none, or whose model is a pickle (every model registered before
+    the safe format) is not reused: ``cfg`` retrains.
     """
     run = find_by_hash(cfg.content_hash(), experiment_ids)
     if run is not None:
@@ -77,7 +79,7 @@ def find_trained(cfg: TrainConfig, experiment_ids=None):
     if run is not None:
         return run
     legacy = find_by_hash(cfg.legacy_hash(), experiment_ids) if cfg.legacy_hash() else None
-    if legacy is None or not legacy_inputs_match(legacy.info.run_id, cfg):
+    if legacy is None or not legacy_inputs_match(legacy.info.run_id, cfg) or not has_safe_model(legacy):
         return None
     MlflowClient().set_tag(legacy.info.run_id, keys.CONFIG_HASH_TAG, cfg.content_hash())
     MlflowClient().set_tag(legacy.info.run_id, keys.DATA_FINGERPRINT_TAG, cfg.data_fingerprint())
@@ -161,6 +163,11 @@ def search_training_runs(filter_string: str, experiment_ids=None):
                                       max_results=50)
 
 
+def name_of(cfg: TrainConfig) -> str:
+    """How train names a configuration in messages: the registered name and the seed."""
+    return f"{cfg.model_name()} seed {cfg.seed}"
+
+
 def run_name_of(cfg: TrainConfig) -> str:
     """train-<envs>-<label>-<balance>[-<method>]-s<seed> (ERM's names are those from before methods)."""
     method = "" if cfg.method == "erm" else f"-{cfg.method}"
@@ -225,7 +232,7 @@ def _reuse(cfg: TrainConfig, done, progress: bool) -> dict:
     result = {"run_id": done.info.run_id, "registered_model": tags.get("registered_model"),
               "registered_version": int(tags.get("registered_version", 0)),
               "model_uri": f"models:/{tags.get('registered_model')}/{tags.get('registered_version')}",
-              "reused": True}
+              "reused": True, "constant": done.data.metrics.get("val/constant_model", 0.0) >= 1.0}
     if mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID"):
         # `mlflow run` already opened a run for us: record what it reused, then finish it.
         with tracking.run(run_name=run_name_of(cfg), tags={keys.ENTRY_TAG: keys.ENTRY_TRAIN,
@@ -278,12 +285,16 @@ def _train_holding_lock(cfg: TrainConfig, *, force: bool, device: str, progress:
             on_eval(rec["step"], {k: v for k, v in rec.items() if k != "step"})
         out = train_model(cfg, data, device=dev, checkpoint_dir=ck_dir, on_eval=on_eval,
                           on_checkpoint=upload_checkpoint, progress=progress)
-        mlflow.log_metrics(out.metrics())
+        mlflow.log_metrics({**out.metrics(), "converged": float(out.converged(cfg.max_steps))})
         mlflow.set_tag("threshold", f"{out.threshold:.2f}")
+        if out.constant:
+            mlflow.set_tag(keys.CONSTANT_MODEL_TAG, "true")
+        for w in out.warnings(cfg.max_steps):
+            print(f"warning: {name_of(cfg)}: {w}", file=sys.stderr, flush=True)
         model = build_model(cfg.backbone, "none")
         model.load_state_dict(out.best_state)
         name = cfg.model_name()
-        best_val = next((r for r in out.history if r["step"] == out.best_step), {})
+        best_val = out.best_val()
         registered = log_and_register(
             model, name, image_size=cfg.image_size, threshold=out.threshold, label=cfg.label,
             tags=version_tags(label=cfg.label, hospitals=cfg.envs, method=getattr(cfg, "method", "erm"),
@@ -302,7 +313,7 @@ def _train_holding_lock(cfg: TrainConfig, *, force: bool, device: str, progress:
           f"best val macro-F1 {out.best_score:.3f} at step {out.best_step}", file=sys.stderr)
     print(registered.line(), flush=True)  # true when printed: its aliases, and which version @latest is
     return {"run_id": run_id, "registered_model": name, "registered_version": version,
-            "model_uri": f"models:/{name}/{version}", "reused": False, "model_line": registered.line(),
+            "model_uri": f"models:/{name}/{version}", "reused": False, "constant": out.constant, "model_line": registered.line(),
             "aliases": list(registered.aliases)}
 
 

@@ -50,6 +50,7 @@ from cxrstudy.errors import CxrStudyError, DataError, UsageError
 from cxrstudy.labels import label_key
 from cxrstudy.params import as_choice, as_float, as_int, optional
 from cxrstudy.tracking import keys
+from cxrstudy.train.methods import default_hparams, get_method
 from cxrstudy.train.config import TRAIN_PARAMS, TrainConfig, config_from_params
 from cxrstudy.tune.storage import StorageSpec, open_storage, parse_storage
 
@@ -128,6 +129,14 @@ class SearchSpace:
     weight_decay: FloatRange
     batch_sizes: tuple
     augment_strength: FloatRange
+    #: the training method; its own hyperparameters are searched over the ranges it declares
+    #: (cxrstudy.train.methods), except those given explicitly (``fixed_hparams``)
+    method: str = "erm"
+    fixed_hparams: tuple = ()
+
+    def method_searched(self) -> list[str]:
+        fixed = dict(self.fixed_hparams)
+        return [k for k, hp in get_method(self.method).HPARAMS.items() if k not in fixed and hp.low != hp.high]
 
     def searched(self) -> list[str]:
         out = [n for n in ("lr", "weight_decay") if not getattr(self, n).fixed]
@@ -135,7 +144,13 @@ class SearchSpace:
             out.append("batch_size")
         if not self.augment_strength.fixed:
             out.append("augment_strength")
-        return out
+        return out + self.method_searched()
+
+    def method_hparams(self, params: dict) -> tuple:
+        """The method's hyperparameters of a trial: searched ones from ``params``, the rest fixed or default."""
+        hp = {**default_hparams(self.method), **dict(self.fixed_hparams)}
+        hp.update({k: params[k] for k in self.method_searched() if k in params})
+        return tuple(sorted(hp.items()))
 
     def suggest(self, trial: optuna.Trial) -> dict:
         """The trial's values of all four hyperparameters (fixed ones are not suggested)."""
@@ -147,24 +162,36 @@ class SearchSpace:
         out["batch_size"] = bs[0] if len(bs) == 1 else int(trial.suggest_categorical("batch_size", list(bs)))
         a = self.augment_strength
         out["augment_strength"] = a.lo if a.fixed else trial.suggest_float("augment_strength", a.lo, a.hi)
+        searched = self.method_searched()
+        suggested = {k: v for k, v in get_method(self.method).suggest(trial).items() if k in searched} if searched else {}
+        out["method_hparams"] = self.method_hparams(suggested)
         return out
 
     def values(self, params: dict) -> dict:
         """A finished trial's values of all four (its suggested params plus the fixed ones)."""
         fixed = {"lr": self.lr.lo, "weight_decay": self.weight_decay.lo, "batch_size": self.batch_sizes[0],
                  "augment_strength": self.augment_strength.lo}
-        return {k: params.get(k, fixed[k]) for k in SEARCHED}
+        return {**{k: params.get(k, fixed[k]) for k in SEARCHED}, "method_hparams": self.method_hparams(params)}
 
     def to_dict(self) -> dict:
         wd = self.weight_decay
-        return {"lr": [self.lr.lo, self.lr.hi, "log"], "weight_decay": [wd.lo, wd.hi, "log"],
-                "batch_size": list(self.batch_sizes),
-                "augment_strength": [self.augment_strength.lo, self.augment_strength.hi, "linear"]}
+        d = {"lr": [self.lr.lo, self.lr.hi, "log"], "weight_decay": [wd.lo, wd.hi, "log"],
+             "batch_size": list(self.batch_sizes),
+             "augment_strength": [self.augment_strength.lo, self.augment_strength.hi, "linear"]}
+        if self.method != "erm":  # ERM's spec (and so its study names) as before methods existed
+            hps = get_method(self.method).HPARAMS
+            d["method"] = self.method
+            d.update({k: [hps[k].low, hps[k].high, "log" if hps[k].log else "linear"] for k in self.method_searched()})
+            d.update({k: [v, v, "fixed"] for k, v in self.fixed_hparams})
+        return d
 
     def describe(self) -> str:
         bs = ",".join(map(str, self.batch_sizes))
+        hps = get_method(self.method).HPARAMS
+        extra = "".join(f", {k} {hps[k].low:g}..{hps[k].high:g}{' (log)' if hps[k].log else ''}"
+                        for k in self.method_searched())
         return (f"lr {self.lr.describe()}, weight_decay {self.weight_decay.describe()}, "
-                f"batch_size {{{bs}}}, augment_strength {self.augment_strength.describe()}")
+                f"batch_size {{{bs}}}, augment_strength {self.augment_strength.describe()}{extra}")
 
 
 # ----------------------------------------------------------------------------- settings
@@ -215,6 +242,9 @@ def tune_from_params(raw: dict, tracking_uri: str) -> TuneSettings:
         raise UsageError("parameter batch_sizes is empty; expected a comma list such as 32,64,128")
     train_raw = {**{k: v for k, v in TRAIN_PARAMS.items()}, **{k: v for k, v in raw.items() if k in TRAIN_PARAMS}}
     base = config_from_params({**train_raw, "lr": "", "weight_decay": "", "batch_size": "", "augment_strength": ""})
+    given_hp = {k: v for k, v in train_raw.items() if k in get_method(base.method).HPARAMS and optional(v)}
+    space = replace(space, method=base.method, fixed_hparams=tuple(sorted(
+        {k: v for k, v in base.method_hparams if k in given_hp}.items())))
     for bs in space.batch_sizes:  # TrainConfig's own checks, e.g. one sample per hospital per batch
         replace(base, batch_size=bs)
     base = replace(base, **space.values({}))
@@ -566,6 +596,7 @@ def run_tune(settings: TuneSettings, *, pruner=None, progress: bool = True) -> d
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from cxrstudy.runs.train import preflight
     from cxrstudy.tracking import runs as tracking
     from cxrstudy.train.device import pick_device
     from cxrstudy.train.loop import prepare_data
@@ -575,6 +606,7 @@ def run_tune(settings: TuneSettings, *, pruner=None, progress: bool = True) -> d
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     s = settings
     device = pick_device(s.device)
+    preflight(s.base)  # cache_dir writable, pretrained weights loadable: before any work
     tracking.setup()
     client = MlflowClient()
     worker = StudyWorker(s, device=device, client=client, pruner=pruner)

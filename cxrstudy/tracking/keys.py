@@ -12,7 +12,9 @@ ENTRY_TAG = "cxrstudy.entry"  # which entry point made the run (values: ENTRY_* 
 SYNTHETIC_TAG = "cxrstudy.synthetic"  # "true" on every run that used the synthetic hospitals
 CONFIG_HASH_TAG = "cxrstudy.config_hash"  # a training run's identity (config + data fingerprint)
 DATA_FINGERPRINT_TAG = "cxrstudy.data_fingerprint"  # the fingerprint of the data a training run read
-METHOD_TAG = "cxrstudy.method"  # the training method of a training run
+METHOD_TAG = "method"  # the training method of a training or comparison run (like "balance", "label")
+DEFAULT_METHOD = "erm"
+SHORTCUT_STRENGTH_TAG = "shortcut_strength"  # a synthetic comparison's shortcut strength (the dose)  # runs from before methods existed carry no method tag: they are ERM
 COMPARE_KEY_TAG = "cxrstudy.compare_key"  # a comparison's identity
 PROBE_KEY_TAG = "cxrstudy.probe_key"  # a probe's identity
 RESUMED_TAG = "cxrstudy.resumed"
@@ -65,7 +67,10 @@ PROBE_PREFIX = "probe/"
 ANALYSIS_PREFIX = "analysis/"
 # what a comparison run logs under COMPARE_PREFIX (analysis reads exactly these)
 COMPARE_METRICS = ("wga_single", "wga_pair", "delta_wga", "delta_ci_low", "delta_ci_high", "hurt", "n_seeds",
-                   "worst_group_n_single", "worst_group_n_pair")
+                   "worst_group_n_single", "worst_group_n_pair", "n_constant_models")
+# logged on a synthetic comparison at strength s when the study also ran strength 0: the
+# shortcut-attributable change delta(s) - delta(0), with its paired patient-bootstrap CI
+ATTRIBUTABLE_METRICS = ("attributable_delta", "attributable_ci_low", "attributable_ci_high")
 
 
 def compare_metric(name: str) -> str:

@@ -177,6 +177,19 @@ def update_best_alias(name: str) -> int | None:
     return best
 
 
+def has_safe_model(run) -> bool:
+    """Whether a training run's registered version is in the safe format (weights and config, model
+    code from the package): versions in that format carry the data fingerprint tag; older versions
+    are pickled models, which cxrstudy refuses to load."""
+    name, version = run.data.tags.get("registered_model"), run.data.tags.get("registered_version")
+    if not name or not version:
+        return False
+    try:
+        return keys.DATA_FINGERPRINT_TAG in MlflowClient().get_model_version(name, str(version)).tags
+    except MlflowException:
+        return False
+
+
 def describe_version(name: str, version: int) -> str:
     """The alias line for an existing version (for a reused run): aliases now, and what @latest is."""
     client = MlflowClient()

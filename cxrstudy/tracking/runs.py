@@ -158,3 +158,12 @@ def log_batch(client, run_id: str, metrics: dict, tags: dict, *, timestamp_ms: i
 
     client.log_batch(run_id, metrics=[Metric(k, float(v), timestamp_ms, step) for k, v in metrics.items()],
                      tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_metrics_to(run_id: str, metrics: dict) -> None:
+    """Log metrics to a run that need not be the active one (e.g. a finished comparison)."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    log_batch(MlflowClient(), run_id, metrics, {}, timestamp_ms=int(time.time() * 1000), step=0)

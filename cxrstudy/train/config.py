@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import MISSING, asdict, dataclass, fields
@@ -10,10 +11,11 @@ from cxrstudy.data.dataspec import DATA_PARAMS, DataSpec, spec_from_params
 from cxrstudy.errors import UsageError
 from cxrstudy.hospitals import HOSPITALS, parse_envs
 from cxrstudy.labels import canonical_label, label_key
-from cxrstudy.params import as_bool, as_choice, as_float, as_int, optional
+from cxrstudy.params import as_bool, as_choice, as_float, as_int, given, optional
 from cxrstudy.tracking import keys
 from cxrstudy.train.balancing import parse_balance
-from cxrstudy.train.models import BACKBONES
+from cxrstudy.train.models import BACKBONES, normalise_pretrained
+from cxrstudy.train.methods import all_hparam_names, get_method, parse_hparams
 from cxrstudy.train.presets import resolve_preset
 
 #: train's entry-point parameters; empty values take the preset's
@@ -33,6 +35,8 @@ TRAIN_PARAMS = {
     "eval_every": "",
     "patience": "",
     "augment_strength": "",
+    "method": "erm",
+    **{name: "" for name in all_hparam_names()},
     "device": "auto",
     "force": "false",
     "parent_run_id": "",
@@ -70,6 +74,10 @@ class TrainConfig:
     patience: int = 5
     #: 1 = the paper's augmentation (flip, rotation up to 10 degrees, crop area 0.75..1), 0 = none
     augment_strength: float = 1.0
+    #: the training method (cxrstudy.train.methods); erm = the paper's plain cross-entropy
+    method: str = "erm"
+    #: the method's hyperparameters, every one resolved (defaults filled), as sorted (name, value) pairs
+    method_hparams: tuple = ()
 
     def __post_init__(self):
         if self.balance not in keys.BALANCE_MODES:
@@ -78,6 +86,7 @@ class TrainConfig:
             raise UsageError(f"balance={self.balance} needs at least two training hospitals; got {','.join(self.envs)}")
         if self.backbone not in BACKBONES:
             raise UsageError(f"unknown backbone {self.backbone!r}; expected one of: {', '.join(BACKBONES)}")
+        get_method(self.method)  # unknown method: UsageError
         if self.batch_size < len(self.envs):
             raise UsageError(f"batch_size {self.batch_size} is smaller than the number of hospitals {len(self.envs)}")
 
@@ -119,28 +128,39 @@ class TrainConfig:
         """The training run's identity (tag ``cxrstudy.config_hash``): a hash of :meth:`identity`."""
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 
-    def legacy_hash(self) -> str:
+    def legacy_hash(self) -> str | None:
         """The hash that runs trained before the data fingerprint joined the identity were tagged
         with (config version 1). Such a run is reused only when the cache keys of the data it logged
-        as inputs equal today's (``runs.train.find_trained``); otherwise the model is retrained."""
+        as inputs equal today's (``runs.train.find_trained``); otherwise the model is retrained.
+        ``None`` for a method other than ERM: version 1 had no other."""
+        if self.method != "erm":
+            return None
         d = self.to_dict()
         d.pop("preset")
+        d.pop("method"), d.pop("method_hparams")  # version 1 knew ERM only
         if d["augment_strength"] == 1.0:
             d.pop("augment_strength")
         d["version"] = 1
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
+    @property
+    def hparams(self) -> dict:
+        """The method's hyperparameters as a dict."""
+        return dict(self.method_hparams)
+
     def model_name(self) -> str:
-        """Registry name: cxrstudy-<source>-<envs>-<label>-<balance>."""
-        return f"cxrstudy-{self.data.source}-{'-'.join(self.envs)}-{label_key(self.label)}-{self.balance}"
+        """Registry name: cxrstudy-<source>-<envs>-<label>-<balance>, then -<method> unless it is erm
+        (so the names of models trained before methods existed still hold)."""
+        name = f"cxrstudy-{self.data.source}-{'-'.join(self.envs)}-{label_key(self.label)}-{self.balance}"
+        return name if self.method == "erm" else f"{name}-{self.method}"
 
 
 def config_from_params(raw: dict) -> TrainConfig:
     """Validate raw entry-point parameters (strings) into a TrainConfig; the preset fills blanks."""
     preset_name, preset = resolve_preset(raw.get("preset", "auto"))
 
-    def pick(name):
-        v = optional(raw.get(name, ""))
+    def pick(name):  # only a blank value takes the preset's: an explicit `none` wins (pretrained=none)
+        v = given(raw.get(name, ""))
         return preset[name] if v is None else v
 
     balance = parse_balance(raw.get("balance", "none"))
@@ -155,15 +175,35 @@ def config_from_params(raw: dict) -> TrainConfig:
         balance=balance,
         preset=preset_name,
         backbone=as_choice("backbone", pick("backbone"), BACKBONES),
-        pretrained=str(pick("pretrained")),
-        lr=as_float("lr", pick("lr"), lo=0.0, hi=10.0),
+        pretrained=normalise_pretrained(pick("pretrained")),
+        lr=as_float("lr", pick("lr"), hi=10.0, gt=0.0),
         weight_decay=as_float("weight_decay", pick("weight_decay"), lo=0.0, hi=10.0),
         batch_size=as_int("batch_size", pick("batch_size"), lo=1, hi=65536),
         max_steps=as_int("max_steps", pick("max_steps"), lo=1),
         eval_every=as_int("eval_every", pick("eval_every"), lo=1),
         patience=as_int("patience", pick("patience"), lo=1),
         augment_strength=as_float("augment_strength", pick("augment_strength"), lo=0.0, hi=3.0),
+        **method_from_params(raw),
     )
+
+
+def with_method(cfg: TrainConfig, method: str, raw: dict | None = None) -> TrainConfig:
+    """``cfg`` trained with ``method`` instead: its hyperparameters are those given in ``raw``
+    (names of that method only; others are ignored here) and the defaults for the rest."""
+    method = get_method(method).name
+    if method == cfg.method and not raw:
+        return cfg
+    own = {k: v for k, v in (raw or {}).items() if k in get_method(method).HPARAMS and optional(v)}
+    return dataclasses.replace(cfg, method=method, method_hparams=tuple(sorted(parse_hparams(method, own).items())))
+
+
+def method_from_params(raw: dict) -> dict:
+    """``method`` and ``method_hparams`` from raw parameters: a hyperparameter of another method,
+    an unknown one or one out of its range is a one-line UsageError."""
+    method = get_method(raw.get("method", "erm") or "erm").name
+    given = {k: raw[k] for k in all_hparam_names() if optional(raw.get(k, ""))}
+    hp = parse_hparams(method, given)
+    return {"method": method, "method_hparams": tuple(sorted(hp.items()))}
 
 
 def force_from_params(raw: dict) -> bool:
@@ -179,6 +219,7 @@ def config_to_params(cfg: TrainConfig) -> dict[str, str]:
         "image_size": str(d.image_size), "lr": repr(cfg.lr), "weight_decay": repr(cfg.weight_decay),
         "batch_size": str(cfg.batch_size), "max_steps": str(cfg.max_steps), "eval_every": str(cfg.eval_every),
         "patience": str(cfg.patience), "augment_strength": repr(cfg.augment_strength),
+        "method": cfg.method, **{k: repr(v) for k, v in cfg.method_hparams},
         "source": d.source, "data_root": d.data_root or "",
         "roots": ",".join(f"{e}={p}" for e, p in d.roots), "cache_dir": d.cache_dir,
         "synthetic_patients": str(d.synthetic.n_patients), "shortcut_strength": repr(d.synthetic.shortcut_strength),

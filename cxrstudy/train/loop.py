@@ -10,6 +10,7 @@ augmentations are pure functions of (seed, step), so a resumed run continues exa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -30,7 +31,8 @@ from cxrstudy.train.augment import augment
 from cxrstudy.train.balancing import hospital_label_balance, prevalence, size_match
 from cxrstudy.train.config import TrainConfig
 from cxrstudy.train.device import autocast, prepare_input
-from cxrstudy.train.models import build_model
+from cxrstudy.train.methods import Method, balanced_group_indices, get_method
+from cxrstudy.train.models import BinaryClassifier, build_model
 
 
 @dataclass
@@ -151,7 +153,12 @@ def validate(model, es: EvalSet, device) -> dict:
     y = es.frame["y_true"].to_numpy()
     thr, f1 = select_threshold(y, scores)
     m = evaluate_predictions(es.frame.assign(y_score=scores), threshold=thr)
-    return {"loss": loss, "macro_f1": f1, "auroc": m["auroc"], "wga": m["wga"], "threshold": thr}
+    return {"loss": loss, "macro_f1": f1, "auroc": m["auroc"], "wga": m["wga"], "threshold": thr,
+            "pred_pos_rate": float(np.mean(scores >= thr)) if len(scores) else float("nan")}
+
+
+#: a model converged when it stopped early or kept a checkpoint at most this far to the step cap
+CONVERGED_FRACTION = 0.75
 
 
 @dataclass
@@ -164,12 +171,44 @@ class TrainOutcome:
     stopped_early: bool
     history: list
     images_per_s: float
+    method_state: dict = field(default_factory=dict)  # the method's state at the end (e.g. JTT's weights)
+    extra: dict = field(default_factory=dict)  # what a method's extra phase measured (jtt/*, dfr/*)
+    kept_val: dict | None = None  # validation metrics of the kept model when no history entry has them (DFR)
+
+    def best_val(self) -> dict:
+        """Validation metrics of the kept model."""
+        if self.kept_val is not None:
+            return dict(self.kept_val)
+        return next((dict(r) for r in self.history if r["step"] == self.best_step), {})
+
+    @property
+    def constant(self) -> bool:
+        """Whether the kept model predicts one class for every validation image at its threshold
+        (all negative or all positive): it has learned nothing usable, and is never compared silently."""
+        rate = self.best_val().get("pred_pos_rate")
+        return rate is not None and (rate <= 0.0 or rate >= 1.0)
+
+    def converged(self, max_steps: int) -> bool:
+        """The convergence rule: training stopped early (patience exhausted) or kept a checkpoint at
+        most 75% of the way to the step cap. Otherwise the model was still improving when cut off."""
+        return bool(self.stopped_early or self.best_step <= CONVERGED_FRACTION * max_steps)
+
+    def warnings(self, max_steps: int) -> list[str]:
+        """What ``train`` warns about: a constant model, a model cut off while still improving."""
+        out = []
+        if self.constant:
+            out.append("the kept model predicts one class for every validation image (a constant model): it learned "
+                       "nothing usable; the analysis flags every comparison that uses it")
+        if not self.converged(max_steps):
+            out.append(f"not converged: the best checkpoint is at step {self.best_step} of max_steps={max_steps} "
+                       f"(more than {CONVERGED_FRACTION:.0%}) and patience was not exhausted; raise max_steps")
+        return out
 
     def metrics(self) -> dict:
         """What a tracked run logs about the finished training (train and tune alike)."""
         return {"best_step": self.best_step, "val/best_macro_f1": self.best_score, "threshold": self.threshold,
                 "last_step": self.last_step, "stopped_early": float(self.stopped_early),
-                "train/images_per_s": self.images_per_s}
+                "train/images_per_s": self.images_per_s, "val/constant_model": float(self.constant), **self.extra}
 
 
 def validation_metrics(m: dict) -> dict:
@@ -187,11 +226,107 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def train_groups(pools: list[HospitalPool]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and (hospital, label) group ids of every training example, pools concatenated in
+    slot order (the numbering of ``EqualShareBatches.rows``)."""
+    y = np.concatenate([p.labels for p in pools]).astype(np.int64)
+    env = np.concatenate([np.full(len(p.slots), i, dtype=np.int64) for i, p in enumerate(pools)])
+    return y, env * 2 + y
+
+
+def build_method(cfg: TrainConfig, pools: list[HospitalPool]) -> Method:
+    """The configured method for these training pools. Group counts are per hospital (each
+    group's share of its hospital), since every batch takes an equal share from each hospital."""
+    _, group = train_groups(pools)
+    n_groups = 2 * len(pools)
+    counts = np.bincount(group, minlength=n_groups).astype(np.float64)
+    per_hospital = np.repeat([len(p.slots) for p in pools], 2).astype(np.float64)
+    return get_method(cfg.method)(cfg.hparams, n_groups, torch.from_numpy(counts / per_hospital))
+
+
+@torch.no_grad()
+def pool_outputs(model: BinaryClassifier, pools: list[HospitalPool], device: torch.device, *,
+                 rows: np.ndarray | None = None, what: str = "logits", batch_size: int = 256) -> torch.Tensor:
+    """The model's logits (or embeddings) for training examples ``rows`` (default: all), without
+    augmentation, in eval mode, in the order of ``rows``."""
+    model.eval()
+    sizes = [len(p.slots) for p in pools]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rows = np.arange(sum(sizes)) if rows is None else np.asarray(rows)
+    out = []
+    for k in range(0, len(rows), batch_size):
+        r = rows[k:k + batch_size]
+        pool_of = np.searchsorted(offsets, r, side="right") - 1
+        imgs = np.stack([pools[i].images[pools[i].slots[j - offsets[i]]] for i, j in zip(pool_of, r)])
+        x = prepare_input(torch.from_numpy(imgs).unsqueeze(1), device)
+        with autocast(device):
+            o = model.embed(x) if what == "embeddings" else model(x)
+        out.append(o.float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 def train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, checkpoint_dir: Path,
                 on_eval: Callable[[int, dict], None] | None = None,
                 on_checkpoint: Callable[[Path], None] | None = None,
                 progress: bool = True) -> TrainOutcome:
-    """Train (or resume from ``checkpoint_dir/last.pt``) and return the best checkpoint."""
+    """Train with ``cfg.method`` (or resume from ``checkpoint_dir/last.pt``); return the kept model.
+
+    JTT first trains an identification ERM model (its own checkpoints under ``identify/``) and
+    upweights the training examples it gets wrong; DFR refits the head of the kept ERM model on a
+    group-balanced set of training embeddings and chooses the threshold again on validation.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    method = build_method(cfg, data.pools)
+    extra = {}
+    if method.needs_identification and not (checkpoint_dir / "last.pt").is_file():
+        errors = identification_errors(cfg, data, method.identification_steps(), device=device,
+                                       checkpoint_dir=checkpoint_dir / "identify", progress=progress)
+        method.set_identification_errors(errors)
+        extra = {"jtt/n_errors": float(errors.sum()), "jtt/error_rate": float(errors.mean())}
+    out = _train(cfg, data, method, device=device, checkpoint_dir=checkpoint_dir, on_eval=on_eval,
+                 on_checkpoint=on_checkpoint, progress=progress)
+    out.extra.update(extra)
+    if method.retrains_head:
+        out = _retrain_head(cfg, data, method, out, device)
+    return out
+
+
+def identification_errors(cfg: TrainConfig, data: TrainData, steps: int, *, device: torch.device,
+                          checkpoint_dir: Path, progress: bool = True) -> np.ndarray:
+    """JTT's first phase: an ERM model trained for ``steps`` steps on the same batches; which
+    training examples (pools concatenated) it misclassifies."""
+    id_cfg = dataclasses.replace(cfg, method="erm", method_hparams=(), max_steps=int(steps), eval_every=int(steps))
+    first = _train(id_cfg, data, build_method(id_cfg, data.pools), device=device, checkpoint_dir=checkpoint_dir,
+                   progress=progress, desc="identify")
+    model = build_model(cfg.backbone, "none").to(device)
+    model.load_state_dict(first.best_state)
+    y, _ = train_groups(data.pools)
+    pred = pool_outputs(model, data.pools, device).argmax(1).numpy()
+    return pred != y
+
+
+def _retrain_head(cfg: TrainConfig, data: TrainData, method: Method, out: TrainOutcome,
+                  device: torch.device) -> TrainOutcome:
+    """DFR's last phase (deterministic, so a resumed run repeats it exactly)."""
+    model = build_model(cfg.backbone, "none").to(device)
+    model.load_state_dict(out.best_state)
+    y, group = train_groups(data.pools)
+    rows = balanced_group_indices(group, cfg.seed)
+    feats = pool_outputs(model, data.pools, device, rows=rows, what="embeddings")
+    method.retrain(model.head, feats.to(device), torch.from_numpy(y[rows]).to(device),
+                   torch.from_numpy(group[rows]).to(device), seed=cfg.seed)
+    m = validate(model, data.val, device)
+    extra = {**out.extra, "dfr/val_macro_f1_before": out.best_score, "dfr/n_balanced": float(len(rows))}
+    return dataclasses.replace(out, best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                               threshold=float(m["threshold"]), best_score=float(m["macro_f1"]), extra=extra,
+                               kept_val={"step": out.best_step, **{k: float(v) for k, v in m.items()}})
+
+
+def _train(cfg: TrainConfig, data: TrainData, method: Method, *, device: torch.device, checkpoint_dir: Path,
+           on_eval: Callable[[int, dict], None] | None = None, on_checkpoint: Callable[[Path], None] | None = None,
+           progress: bool = True, desc: str = "train") -> TrainOutcome:
+    """The training loop proper: equal-share batches, the method's loss, validation, checkpoints."""
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -207,21 +342,23 @@ def train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, chec
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         state = ck["state"]
+        method.load_state_dict(ck.get("method", {}))
         if progress:
             print(f"resuming from step {state['step']} ({last})", flush=True)
     batches = EqualShareBatches(data.pools, cfg.batch_size, cfg.seed)
     step = state["step"]
-    stopped = False
+    stopped = state["bad_evals"] >= cfg.patience  # an early-stopped run that died before finishing stays stopped
     pin = device.type == "cuda"
+    weights = getattr(method, "example_weights", None)
     prefetch = Prefetcher(batches, step, pin=pin)
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {'+'.join(cfg.envs)} {cfg.label}", unit="step",
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"{desc} {'+'.join(cfg.envs)} {cfg.label}", unit="step",
                disable=not progress, dynamic_ncols=True)
     t0, seen = time.perf_counter(), 0
     aug = augment_kwargs(cfg.augment_strength)
     try:
         while step < cfg.max_steps and not stopped:
             model.train()
-            b_step, x_u8, y, _ = prefetch.next()
+            b_step, x_u8, y, env = prefetch.next()
             assert b_step == step
             x = prepare_input(x_u8, device)
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -229,7 +366,10 @@ def train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, chec
                 x = augment(x, gen, **aug)
             with autocast(device):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y.to(device, non_blocking=True))
+            y = y.to(device, non_blocking=True)
+            group = env.to(device, non_blocking=True) * 2 + y
+            w = None if weights is None else weights[torch.from_numpy(batches.rows(step))].to(device)
+            loss = method.loss(logits.float(), y, group, weight=w)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -250,7 +390,8 @@ def train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, chec
                 state["history"].append({"step": step, **{k: float(v) for k, v in metrics.items()}})
                 stopped = state["bad_evals"] >= cfg.patience
                 bar.set_postfix(f1=f"{metrics['macro_f1']:.3f}", best=f"{state['best_score']:.3f}@{state['best_step']}")
-                _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}, last)
+                _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
+                              "method": method.state_dict()}, last)
                 if on_eval:
                     on_eval(step, metrics)
                 if on_checkpoint:
@@ -262,4 +403,5 @@ def train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, chec
     return TrainOutcome(best_state=state["best_model"], threshold=float(state["threshold"]),
                         best_step=int(state["best_step"]), best_score=float(state["best_score"]),
                         last_step=step, stopped_early=stopped, history=state["history"],
-                        images_per_s=seen / elapsed if elapsed > 0 else float("nan"))
+                        images_per_s=seen / elapsed if elapsed > 0 else float("nan"),
+                        method_state=method.state_dict())

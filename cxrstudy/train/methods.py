@@ -205,6 +205,23 @@ def _parse_for(cls: type[Method], raw: dict[str, Any] | None) -> dict[str, float
     return out
 
 
+def parse_method_list(value: str, given: dict[str, Any] | None = None) -> list[str]:
+    """``"erm,groupdro"`` -> ``["erm", "groupdro"]`` (checked, duplicates dropped). A hyperparameter
+    in ``given`` (non-empty values) that belongs to none of the listed methods is a UsageError."""
+    methods = []
+    for part in str(value).split(","):
+        if part.strip() and get_method(part).name not in methods:
+            methods.append(get_method(part).name)
+    if not methods:
+        raise UsageError(f"parameter methods={value!r} is empty; expected some of: {', '.join(METHODS)}")
+    owners = all_hparam_names()
+    for key, v in (given or {}).items():
+        if key in owners and owners[key] not in methods and v not in (None, ""):
+            raise UsageError(f"parameter {key}={v!r} belongs to method {owners[key]}, which is not in "
+                             f"methods={','.join(methods)}")
+    return methods
+
+
 def make_method(name: str, raw: dict[str, Any] | None = None, *, n_groups: int,
                 group_counts: torch.Tensor | None = None) -> Method:
     """``get_method(name)(parse_hparams(name, raw), n_groups, group_counts)``."""
@@ -253,6 +270,8 @@ class Method:
     def loss(self, logits: torch.Tensor, y: torch.Tensor, group: torch.Tensor,
              weight: torch.Tensor | None = None) -> torch.Tensor:
         """Mean cross-entropy; with ``weight``, ``sum(w * l) / sum(w)``."""
+        if weight is None:  # PyTorch's own mean reduction: bit-identical to ERM before methods existed
+            return F.cross_entropy(logits.float(), y.long())
         return _weighted_mean(_per_example_ce(logits, y), weight)
 
     # ---- state, for exact resume (tensors only)
@@ -322,7 +341,7 @@ class Reweight(Method):
         if self.group_counts is None:
             raise ValueError("method reweight needs the training set's group_counts")
         gc = self.group_counts
-        inv = torch.where(gc > 0, 1.0 / gc.clamp_min(1.0), torch.zeros_like(gc))
+        inv = torch.where(gc > 0, 1.0 / torch.where(gc > 0, gc, torch.ones_like(gc)), torch.zeros_like(gc))
         self.group_weights = inv / inv.sum()
 
     def loss(self, logits, y, group, weight=None):

@@ -1,0 +1,112 @@
+"""Calibrated evidence: the convergence rule, constant models, and the shortcut dose-response
+(the same patients, labels and seeds at every strength; only the pixels differ)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from cxrstudy.data.dataspec import DataSpec
+from cxrstudy.data.synthetic import SyntheticConfig
+from cxrstudy.tracking import keys
+from cxrstudy.train.loop import TrainOutcome
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "entrypoints"))
+
+
+def _outcome(**kw) -> TrainOutcome:
+    base = dict(best_state={}, threshold=0.5, best_step=100, best_score=0.8, last_step=400, stopped_early=False,
+                history=[{"step": 100, "pred_pos_rate": 0.3}], images_per_s=1.0)
+    return TrainOutcome(**{**base, **kw})
+
+
+def test_the_convergence_rule():
+    assert _outcome(best_step=300, last_step=400).converged(400)  # exactly 75%
+    assert not _outcome(best_step=301, last_step=400).converged(400)  # still improving near the cap
+    assert _outcome(best_step=400, last_step=400, stopped_early=True).converged(400)  # patience exhausted
+    assert not _outcome(best_step=400, history=[{"step": 400, "pred_pos_rate": 0.3}]).converged(400)
+    assert any("not converged" in w for w in _outcome(best_step=390).warnings(400))
+    assert _outcome(best_step=100).warnings(400) == []
+
+
+def test_a_constant_model_is_recognised_and_warned_about():
+    for rate in (0.0, 1.0):
+        out = _outcome(history=[{"step": 100, "pred_pos_rate": rate}])
+        assert out.constant and out.metrics()["val/constant_model"] == 1.0
+        assert any("constant model" in w for w in out.warnings(400))
+    assert not _outcome().constant and _outcome().metrics()["val/constant_model"] == 0.0
+
+
+def test_every_strength_has_the_same_patients_labels_and_splits_but_other_pixels(tmp_path):
+    specs = [DataSpec(source="synthetic", image_size=32, cache_dir=str(tmp_path),
+                      synthetic=SyntheticConfig(n_patients=120, shortcut_strength=s)) for s in (0.0, 2.0)]
+    for env in ("cxp", "nih"):
+        a, b = (s.table(env) for s in specs)
+        cols = [c for c in a.columns if c != "path"]
+        pd.testing.assert_frame_equal(a[cols], b[cols])
+        ea, eb = (s.entry(env, "test", progress=False) for s in specs)
+        assert list(ea.index["subject_id"]) == list(eb.index["subject_id"])
+        assert not np.array_equal(np.asarray(ea.images()), np.asarray(eb.images()))
+    assert specs[0].fingerprint(["cxp"]) != specs[1].fingerprint(["cxp"])
+
+
+def test_main_dose_response_logs_the_attributable_change_csv_metrics_and_figure(store, tmp_path):
+    import main as main_entry
+
+    argv = ["--envs", "cxp,nih", "--labels", "Any", "--seeds", "0", "--balances", "none", "--shortcut_strengths", "0,1",
+            "--preset", "cpu", "--image_size", "32", "--batch_size", "16", "--synthetic_patients", "200",
+            "--n_bootstrap", "50", "--max_steps", "6", "--eval_every", "3", "--workers", "1",
+            "--cache_dir", str(tmp_path / "cache")]
+    main_entry.main(argv)
+    compare = mlflow.search_runs(search_all_experiments=True,
+                                 filter_string=f"tags.`{keys.ENTRY_TAG}` = 'compare' and attributes.status = 'FINISHED'")
+    assert sorted(compare[f"tags.{keys.SHORTCUT_STRENGTH_TAG}"]) == ["0", "0", "1", "1"]
+    at1 = compare[compare[f"tags.{keys.SHORTCUT_STRENGTH_TAG}"] == "1"]
+    for k in keys.ATTRIBUTABLE_METRICS:
+        assert at1[f"metrics.compare/{k}"].notna().all(), k
+    r = at1.iloc[0]
+    assert r["metrics.compare/attributable_ci_low"] <= r["metrics.compare/attributable_delta"] \
+        <= r["metrics.compare/attributable_ci_high"]
+    # the models at both strengths: the same configuration except the shortcut strength
+    train = mlflow.search_runs(search_all_experiments=True,
+                               filter_string=f"tags.`{keys.ENTRY_TAG}` = 'train' and attributes.status = 'FINISHED'")
+    assert len(train) == 6 and train[f"tags.{keys.CONFIG_HASH_TAG}"].is_unique
+    analyze = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{keys.ENTRY_TAG}` = 'analyze'")
+    m = analyze.iloc[0]
+    for s in ("0", "1"):
+        assert not np.isnan(m[f"metrics.analysis/dose/{s}/hurt_fraction"])
+    assert m["metrics.analysis/dose/0/attributable_mean"] == 0.0
+    assert not np.isnan(m["metrics.analysis/dose/1/attributable_mean"])
+    arts = {a.path for a in MlflowClient().list_artifacts(m.run_id)}
+    assert {"dose_response.csv", "dose_response.png", "report.md"} <= arts
+    path = MlflowClient().download_artifacts(m.run_id, "dose_response.csv", str(tmp_path))
+    table = pd.read_csv(path)
+    assert list(table["shortcut_strength"]) == [0.0, 1.0]
+
+
+def test_shortcut_strengths_need_the_synthetic_source(capsys):
+    import main as main_entry
+
+    with pytest.raises(SystemExit) as e:
+        main_entry.main(["--source", "real", "--data_root", "/nonexistent", "--shortcut_strengths", "0,1"])
+    assert e.value.code == 2
+
+
+def test_at_strength_changes_only_the_pixels_setting(tmp_path):
+    from cxrstudy.runs.study import at_strength
+    from test_train_evaluate import tiny_config
+
+    cfg = tiny_config(tmp_path)
+    other = at_strength(cfg, 2.0)
+    assert other.data.synthetic.shortcut_strength == 2.0
+    assert dataclasses.replace(other.data.synthetic, shortcut_strength=cfg.data.synthetic.shortcut_strength) \
+        == cfg.data.synthetic
+    assert other.content_hash() != cfg.content_hash() and other.seed == cfg.seed
