@@ -341,3 +341,22 @@ def test_one_study_on_a_real_postgresql_storage(store):
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         assert len(done) == 2 and out["parent_run_id"] == study.user_attrs[PARENT_ATTR]
         assert len(tune_runs(MlflowClient(), "tune_trial")) == 2
+
+
+def test_a_method_brings_its_own_search_space(tmp_path):
+    """tune searches the method's own hyperparameters over the ranges the method declares; a value
+    given explicitly is fixed instead."""
+    import optuna
+
+    from cxrstudy.train.methods import get_method
+
+    raw = {**TUNE_PARAMS, "preset": "cpu", "method": "groupdro", "storage": f"journal:{tmp_path / 'j.log'}"}
+    s = tune_from_params(raw, f"sqlite:///{tmp_path / 'm.db'}")
+    assert s.space.method_searched() == ["groupdro_eta"] and "groupdro_eta" in s.space.searched()
+    trial = optuna.create_study().ask()
+    values = s.space.suggest(trial)
+    hp = get_method("groupdro").HPARAMS["groupdro_eta"]
+    eta = dict(values["method_hparams"])["groupdro_eta"]
+    assert hp.low <= eta <= hp.high and trial.params["groupdro_eta"] == eta
+    fixed = tune_from_params({**raw, "groupdro_eta": "0.2"}, f"sqlite:///{tmp_path / 'm.db'}")
+    assert fixed.space.method_searched() == [] and dict(fixed.space.values({})["method_hparams"]) == {"groupdro_eta": 0.2}

@@ -162,16 +162,21 @@ class SearchSpace:
         out["batch_size"] = bs[0] if len(bs) == 1 else int(trial.suggest_categorical("batch_size", list(bs)))
         a = self.augment_strength
         out["augment_strength"] = a.lo if a.fixed else trial.suggest_float("augment_strength", a.lo, a.hi)
-        searched = self.method_searched()
-        suggested = {k: v for k, v in get_method(self.method).suggest(trial).items() if k in searched} if searched else {}
-        out["method_hparams"] = self.method_hparams(suggested)
+        if self.method != "erm":
+            searched = set(self.method_searched())
+            hps = {k: hp for k, hp in get_method(self.method).HPARAMS.items() if k in searched}
+            suggested = type("Only", (get_method(self.method),), {"HPARAMS": hps}).suggest(trial)
+            out["method_hparams"] = self.method_hparams(suggested)
         return out
 
     def values(self, params: dict) -> dict:
         """A finished trial's values of all four (its suggested params plus the fixed ones)."""
         fixed = {"lr": self.lr.lo, "weight_decay": self.weight_decay.lo, "batch_size": self.batch_sizes[0],
                  "augment_strength": self.augment_strength.lo}
-        return {**{k: params.get(k, fixed[k]) for k in SEARCHED}, "method_hparams": self.method_hparams(params)}
+        out = {k: params.get(k, fixed[k]) for k in SEARCHED}
+        if self.method != "erm":  # the method's own hyperparameters, as TrainConfig holds them
+            out["method_hparams"] = self.method_hparams(params)
+        return out
 
     def to_dict(self) -> dict:
         wd = self.weight_decay

@@ -21,7 +21,7 @@ from cxrstudy.train.presets import resolve_preset
 #: train's entry-point parameters; empty values take the preset's
 TRAIN_PARAMS = {
     "envs": "cxp,nih",
-    "label": "Pneumonia",
+    "label": "Effusion",
     "seed": "0",
     "balance": "none",
     "preset": "auto",
