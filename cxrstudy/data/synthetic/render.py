@@ -298,7 +298,7 @@ def _blob(u, cx, cy, rx, ry):
 SIGN_SHOWN = 0.88
 #: Per-disease multiplier of ``sign_strength``: rare, subtle signs are drawn more visibly so every
 #: label is learnable by the cpu preset (val AUROC >= 0.75 on cxp+nih at 32 px; README "Labels").
-SIGN_GAIN = {d: 1.0 for d in DISEASES} | {"Pneumonia": 8.0, "Atelectasis": 3.0, "Pneumothorax": 3.0}
+SIGN_GAIN = {d: 1.0 for d in DISEASES} | {"Pneumonia": 8.0, "Consolidation": 2.0, "Atelectasis": 3.0, "Pneumothorax": 3.0}
 
 
 def render(
