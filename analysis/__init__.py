@@ -46,10 +46,12 @@ def no_runs_message(experiment_ids, source=None) -> str:
 
 
 def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *, log: bool | None = None,
-                 figures: bool = True, verbose: bool = True) -> dict:
+                 figures: bool = True, verbose: bool = True, shortcut_strengths=None) -> dict:
     """Query the comparison runs, summarise them, draw the figures and write the report.
 
     ``experiment_ids``: None = the current experiment; ``source``: ``synthetic`` | ``real`` | None (all);
+    ``shortcut_strengths``: keep only the synthetic comparisons at these strengths (real ones stay);
+    None = all (with several strengths the headline is at strength 1, and a dose-response is added);
     ``out_dir``: where ``settings.csv``, ``hypothesis2.csv``, the PNGs and ``report.md`` go (None = a
     new temporary folder). ``log``: log metrics and those files to the active MLflow run (None = when
     a run is active). Raises :class:`cxrstudy.errors.DataError` when there is no comparison run.
@@ -71,6 +73,12 @@ def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *
     if runs.empty:
         raise DataError(no_runs_message(ids, source))
     all_settings = latest_per_setting(runs)
+    if shortcut_strengths:
+        keep = all_settings["shortcut_strength"].isna() | all_settings["shortcut_strength"].isin(
+            [float(v) for v in shortcut_strengths])
+        all_settings = all_settings[keep]
+        if all_settings.empty:
+            raise DataError(no_runs_message(ids, source) + f" at shortcut strength(s) {shortcut_strengths}")
     # the headline, hypothesis 2 and their figures are the paper's study: ERM (the other methods
     # get their own table, figure and section, see analysis.methods)
     erm = all_settings[all_settings["method"] == keys.DEFAULT_METHOD]
@@ -105,7 +113,8 @@ def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *
 
     probe_lines, probe_numbers = _probe_section(ids, source, out, files, synthetic=bool(settings["synthetic"].any()),
                                                 figures=figures)
-    method_lines, method_numbers = _method_section(all_settings, out, files, figures=figures)
+    at_headline = all_settings if dose_at is None else all_settings[all_settings["shortcut_strength"] == dose_at]
+    method_lines, method_numbers = _method_section(at_headline, out, files, figures=figures)
     dose_lines, dose_numbers = _dose_section(all_settings, ids, source, out, files, figures=figures)
     flag_lines = _constant_model_flags(all_settings)
 

@@ -15,12 +15,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cxrstudy.tracking import keys
 from cxrstudy.runs import cli  # noqa: E402
+from cxrstudy.tracking import keys  # noqa: E402
 
 PARAMS = {
     "source": "",
     "experiment": "",
+    "shortcut_strengths": "",
 }
 
 
@@ -57,6 +58,10 @@ def main(argv=None) -> None:
         from cxrstudy.tracking import runs as tracking
         from cxrstudy.data.sources import parse_source_kind
 
+        from cxrstudy.params import as_float
+
+        strengths = [as_float("shortcut_strengths", p, lo=0.0, hi=10.0)
+                     for p in raw["shortcut_strengths"].split(",") if p.strip()] or None
         source = raw["source"].strip().lower()
         source = "" if source in ("", "all") else parse_source_kind(source)
         tracking.check_tracking_server(tracking.tracking_uri())
@@ -70,7 +75,8 @@ def main(argv=None) -> None:
             eid = tracking.current_experiment_id()
         with tempfile.TemporaryDirectory(prefix="cxrstudy-analyze-") as tmp:
             # DataError (no comparison runs) comes before any run is opened
-            result = run_analysis([eid], source or None, out_dir=tmp, log=False, verbose=False)
+            result = run_analysis([eid], source or None, out_dir=tmp, log=False, verbose=False,
+                                  shortcut_strengths=strengths)
             print(format_headline(result, report_path=False), flush=True)
             with tracking.run(run_name=f"analyze-{source or 'all'}", tags={keys.ENTRY_TAG: keys.ENTRY_ANALYZE}):
                 tracking.mark_synthetic(result["synthetic"])

@@ -119,7 +119,9 @@ def run_main(template: TrainConfig, envs: list[str], labels: list[str], seeds: l
         summary = None
         if analyze is not None:
             with tracking.run(run_name="analyze", nested=True, tags={keys.ENTRY_TAG: keys.ENTRY_ANALYZE}):
-                summary = analyze(experiment_ids=[exp_id], source=template.data.source)
+                # this study's strengths only: a null run next to a default one reads the null
+                used = strengths or ([template.data.synthetic.shortcut_strength] if template.data.is_synthetic else None)
+                summary = analyze(experiment_ids=[exp_id], source=template.data.source, shortcut_strengths=used)
             mlflow.log_metrics({k: v for k, v in _flat_headline(summary).items()})
     return {"run_id": pid, "settings": results, "analysis": summary}
 
