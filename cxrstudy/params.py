@@ -65,6 +65,19 @@ def as_int_list(name: str, value, lo: int | None = None) -> list[int]:
     return out
 
 
+def as_float_list(name: str, value, lo: float | None = None, hi: float | None = None) -> list[float]:
+    """``"0,0.5,1"`` -> ``[0.0, 0.5, 1.0]``: each value checked as by :func:`as_float`, duplicates dropped."""
+    parts = [p for p in str(value).split(",") if p.strip()]
+    if not parts:
+        raise UsageError(f"parameter {name} is empty; expected a comma list of numbers")
+    out = []
+    for p in parts:
+        v = as_float(name, p, lo=lo, hi=hi)
+        if v not in out:
+            out.append(v)
+    return out
+
+
 def given(value) -> str | None:
     """A parameter a preset fills when blank: only ``""`` (or a missing value) means 'not given'.
     An explicit ``none`` is a value and wins over the preset (``pretrained=none`` on ``preset=paper``)."""

@@ -58,10 +58,10 @@ def main(argv=None) -> None:
         from cxrstudy.tracking import runs as tracking
         from cxrstudy.data.sources import parse_source_kind
 
-        from cxrstudy.params import as_float
+        from cxrstudy.params import as_float_list, optional
 
-        strengths = [as_float("shortcut_strengths", p, lo=0.0, hi=10.0)
-                     for p in raw["shortcut_strengths"].split(",") if p.strip()] or None
+        strengths = (as_float_list("shortcut_strengths", raw["shortcut_strengths"], lo=0.0, hi=10.0)
+                     if optional(raw["shortcut_strengths"]) else None)
         source = raw["source"].strip().lower()
         source = "" if source in ("", "all") else parse_source_kind(source)
         tracking.check_tracking_server(tracking.tracking_uri())

@@ -52,7 +52,7 @@ def main(argv=None) -> None:
         from cxrstudy.labels import parse_labels
         from cxrstudy.runs.launchers import launcher_from_params
         from cxrstudy.runs.launchers.local import resolve_workers
-        from cxrstudy.params import as_bool, as_float, as_int, as_int_list, optional
+        from cxrstudy.params import as_bool, as_float_list, as_int, as_int_list, optional
         from analysis import run_analysis
         from cxrstudy.runs.study import method_templates, run_main
         from cxrstudy.runs.train import preflight
@@ -80,11 +80,7 @@ def main(argv=None) -> None:
         pick_device(raw["device"])
         strengths = None
         if optional(raw["shortcut_strengths"]):
-            strengths = []
-            for part in [p for p in raw["shortcut_strengths"].split(",") if p.strip()]:
-                v = as_float("shortcut_strengths", part, lo=0.0, hi=10.0)
-                if v not in strengths:
-                    strengths.append(v)
+            strengths = as_float_list("shortcut_strengths", raw["shortcut_strengths"], lo=0.0, hi=10.0)
             if template.data.source != "synthetic":
                 raise UsageError("parameter shortcut_strengths needs source=synthetic (real hospitals have no knob)")
         preflight(template)  # cache_dir writable, pretrained weights loadable: before any work

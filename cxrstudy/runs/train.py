@@ -78,7 +78,8 @@ def find_trained(cfg: TrainConfig, experiment_ids=None):
     run = find_registered_unfinished(cfg.content_hash(), experiment_ids)
     if run is not None:
         return run
-    legacy = find_by_hash(cfg.legacy_hash(), experiment_ids) if cfg.legacy_hash() else None
+    legacy_hash = cfg.legacy_hash()
+    legacy = find_by_hash(legacy_hash, experiment_ids) if legacy_hash else None
     if legacy is None or not legacy_inputs_match(legacy.info.run_id, cfg) or not has_safe_model(legacy):
         return None
     MlflowClient().set_tag(legacy.info.run_id, keys.CONFIG_HASH_TAG, cfg.content_hash())
