@@ -4,6 +4,16 @@ hurt fraction, significant hurt and help, the mean change in WGA with a 95% CI, 
 accuracy when probes ran, and the shortcut-attributable change delta(s) - delta(0) (per setting a
 paired patient-bootstrap CI, logged by the study; here its mean over settings with a 95% CI).
 
+The attributable change splits exactly into its two models' parts, because delta = WGA(pair) -
+WGA(single): ``pair_change`` = WGA_pair(s) - WGA_pair(0), what the stronger shortcut does to the
+two-hospital model (averaged over distinct two-hospital models: settings (A, B) and (B, A) share
+one), and ``single_change`` = WGA_single(s) - WGA_single(0), what it does to the
+single-hospital model, which is also scored on the added hospital it never saw (the hospitals'
+acquisitions drift apart with s, so that model meets a growing domain shift there).
+``single_base_change`` and ``single_added_change`` split the single part by hospital: the change of
+the single model's WGA over its own hospital's two groups and over the added hospital's.
+attributable = pair_change - single_change.
+
 Metrics: ``analysis/dose/<s>/<name>``; table ``dose_response.csv``; figure ``dose_response.png``.
 """
 
@@ -21,7 +31,23 @@ from .methods import mean_ci
 DOSE_COLUMNS = ["shortcut_strength", "balance", "n_settings", "n_hurt", "hurt_fraction", "n_hurt_significant",
                 "n_helped_significant", "mean_delta", "mean_delta_ci_low", "mean_delta_ci_high",
                 "attributable_mean", "attributable_ci_low", "attributable_ci_high", "n_attributable_below_0",
-                "n_attributable_above_0", "probe_accuracy"]
+                "n_attributable_above_0", "pair_change_mean", "pair_change_ci_low", "pair_change_ci_high",
+                "single_change_mean", "single_change_ci_low", "single_change_ci_high",
+                "single_base_change_mean", "single_base_change_ci_low", "single_base_change_ci_high",
+                "single_added_change_mean", "single_added_change_ci_low", "single_added_change_ci_high",
+                "probe_accuracy"]
+
+#: What identifies one comparison across strengths.
+_SETTING = ["base", "added", "label", "balance", "method"]
+
+
+def _change_from_null(settings: pd.DataFrame, column: str) -> pd.Series:
+    """``column`` minus its value at strength 0 for the same setting (NaN where strength 0 is missing)."""
+    key = [c for c in _SETTING if c in settings]
+    null = settings[settings["shortcut_strength"] == 0.0].set_index(key)[column].astype(float)
+    null = null[~null.index.duplicated()]
+    at0 = pd.MultiIndex.from_frame(settings[key]) if len(key) > 1 else pd.Index(settings[key[0]])
+    return settings[column].astype(float) - null.reindex(at0).to_numpy()
 
 
 def strengths_of(settings: pd.DataFrame) -> list[float]:
@@ -42,6 +68,12 @@ def headline_strength(settings: pd.DataFrame) -> float | None:
 def dose_table(settings: pd.DataFrame, probe_accuracy: dict | None = None) -> pd.DataFrame:
     """One row per (strength, balance) of the ERM comparisons."""
     s = settings[settings["method"] == keys.DEFAULT_METHOD] if "method" in settings else settings
+    s = s.assign(pair_change=_change_from_null(s, "wga_pair"), single_change=_change_from_null(s, "wga_single"))
+    for where in ("base", "added"):  # the single part on the model's own hospital and on the one it never saw
+        column = f"wga_single_{where}"
+        s = s.assign(**{f"single_{where}_change": _change_from_null(s, column) if column in s else np.nan})
+    # (A, B) and (B, A) share one two-hospital model, scored on the same four groups: count it once
+    s = s.assign(_pair_model=[",".join(sorted(ab)) for ab in zip(s["base"], s["added"])])
     rows = []
     for strength in strengths_of(s):
         at = s[s["shortcut_strength"] == strength]
@@ -62,9 +94,21 @@ def dose_table(settings: pd.DataFrame, probe_accuracy: dict | None = None) -> pd
                 "attributable_ci_high": ahi if att.notna().any() else (0.0 if strength == 0 else np.nan),
                 "n_attributable_below_0": int((g.get("attributable_ci_high", pd.Series(dtype=float)).astype(float) < 0).sum()),
                 "n_attributable_above_0": int((g.get("attributable_ci_low", pd.Series(dtype=float)).astype(float) > 0).sum()),
+                **_mean_with_ci("pair_change", g.drop_duplicates(["_pair_model", "label", "balance"]
+                                                                 + (["method"] if "method" in g else []))["pair_change"]),
+                **_mean_with_ci("single_change", g["single_change"]),
+                **_mean_with_ci("single_base_change", g["single_base_change"]),
+                **_mean_with_ci("single_added_change", g["single_added_change"]),
                 "probe_accuracy": (probe_accuracy or {}).get(strength, np.nan),
             })
     return pd.DataFrame(rows, columns=DOSE_COLUMNS)
+
+
+def _mean_with_ci(name: str, values: pd.Series) -> dict:
+    if not values.notna().any():
+        return {f"{name}_mean": np.nan, f"{name}_ci_low": np.nan, f"{name}_ci_high": np.nan}
+    lo, hi = mean_ci(values)
+    return {f"{name}_mean": float(values.mean()), f"{name}_ci_low": lo, f"{name}_ci_high": hi}
 
 
 def dose_metrics(table: pd.DataFrame) -> dict[str, float]:
@@ -74,7 +118,9 @@ def dose_metrics(table: pd.DataFrame) -> dict[str, float]:
         p = f"analysis/dose/{r['shortcut_strength']:g}{bal}"
         for k in ("hurt_fraction", "n_hurt_significant", "n_helped_significant", "mean_delta", "mean_delta_ci_low",
                   "mean_delta_ci_high", "attributable_mean", "attributable_ci_low", "attributable_ci_high",
-                  "probe_accuracy", "n_settings"):
+                  "pair_change_mean", "pair_change_ci_low", "pair_change_ci_high", "single_change_mean",
+                  "single_change_ci_low", "single_change_ci_high", "single_base_change_mean",
+                  "single_added_change_mean", "probe_accuracy", "n_settings"):
             v = r[k]
             if v is not None and not (isinstance(v, float) and np.isnan(v)):
                 out[f"{p}/{k}"] = float(v)
@@ -93,7 +139,7 @@ def dose_figure(table: pd.DataFrame, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     x = t["shortcut_strength"].to_numpy(float)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(13, 3.8))
     a1.plot(x, t["hurt_fraction"], "o-", color="#b2182b", label="fraction of settings hurt")
     a1.set_ylim(0, 1)
     a1.set_xlabel("shortcut strength")
@@ -105,15 +151,23 @@ def dose_figure(table: pd.DataFrame, path: Path) -> Path | None:
         ax.set_ylabel("mean probe accuracy")
         ax.legend(loc="lower right", fontsize=7)
     a1.legend(loc="upper left", fontsize=7)
-    err = np.vstack([t["mean_delta"] - t["mean_delta_ci_low"], t["mean_delta_ci_high"] - t["mean_delta"]])
-    a2.errorbar(x, t["mean_delta"], yerr=np.nan_to_num(err), fmt="o-", capsize=3, label="mean change in WGA")
-    aerr = np.vstack([t["attributable_mean"] - t["attributable_ci_low"], t["attributable_ci_high"] - t["attributable_mean"]])
-    a2.errorbar(x + 0.02, t["attributable_mean"], yerr=np.nan_to_num(aerr), fmt="s--", capsize=3,
-                label="shortcut-attributable change, delta(s) - delta(0)")
-    a2.axhline(0, color="black", lw=0.8)
-    a2.set_xlabel("shortcut strength")
+
+    def with_ci(ax, name, dx, fmt, label, color=None):
+        mean = t[f"{name}_mean"] if f"{name}_mean" in t else t[name]
+        err = np.vstack([mean - t[f"{name}_ci_low"], t[f"{name}_ci_high"] - mean])
+        ax.errorbar(x + dx, mean, yerr=np.nan_to_num(err), fmt=fmt, capsize=3, label=label, color=color)
+
+    with_ci(a2, "mean_delta", 0.0, "o-", "mean change in WGA (pair - single)")
+    with_ci(a2, "attributable", 0.02, "s--", "shortcut-attributable change, delta(s) - delta(0)")
     a2.set_ylabel("WGA change (95% CI)")
-    a2.legend(fontsize=7)
+    with_ci(a3, "attributable", 0.0, "s--", "attributable = pair part - single part", color="#555555")
+    with_ci(a3, "pair_change", 0.02, "o-", "pair part: WGA_pair(s) - WGA_pair(0)", color="#b2182b")
+    with_ci(a3, "single_change", 0.04, "^-", "single part: WGA_single(s) - WGA_single(0)", color="#2166ac")
+    a3.set_ylabel("change from strength 0 (95% CI)")
+    for ax in (a2, a3):
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel("shortcut strength")
+        ax.legend(fontsize=7)
     fig.suptitle("Dose-response: adding a hospital as the hospital gets easier to read (SYNTHETIC DATA)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -125,16 +179,31 @@ def report_section(table: pd.DataFrame, figure: str | None) -> list[str]:
     lines = ["## Dose-response: the shortcut strength", "",
              "The same grid trained at each shortcut strength of the synthetic hospitals: the same patients, "
              "labels and seeds; only the pixels differ. *Attributable* is delta(s) - delta(0) per setting and seed "
-             "(its paired patient-bootstrap CI is in settings.csv); here its mean over settings with a 95% CI.", "",
+             "(its paired patient-bootstrap CI is in settings.csv); here its mean over settings with a 95% CI. "
+             "It is exactly the *pair part* (the two-hospital model's WGA at s minus at 0) minus the *single part* "
+             "(the same for the single-hospital model, which is also scored on the added hospital it never saw, "
+             "whose acquisition drifts further from its own as s grows).", "",
              "| strength | balance | settings | hurt | sig. hurt | sig. helped | mean change [95% CI] | "
-             "attributable [95% CI] | probe accuracy |", "|---|---|---|---|---|---|---|---|---|"]
+             "attributable [95% CI] | pair part [95% CI] | single part [95% CI] | probe accuracy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ci(r, name):
+        m = r[f"{name}_mean"]
+        return "\u2013" if np.isnan(m) else f"{m:+.3f} [{r[f'{name}_ci_low']:+.3f}, {r[f'{name}_ci_high']:+.3f}]"
+
     for _, r in table.iterrows():
         probe = "\u2013" if np.isnan(r["probe_accuracy"]) else f"{r['probe_accuracy']:.3f}"
         lines.append(f"| {r['shortcut_strength']:g} | {r['balance']} | {r['n_settings']} | {r['n_hurt']} "
                      f"({r['hurt_fraction']:.0%}) | {r['n_hurt_significant']} | {r['n_helped_significant']} | "
                      f"{r['mean_delta']:+.3f} [{r['mean_delta_ci_low']:+.3f}, {r['mean_delta_ci_high']:+.3f}] | "
-                     f"{r['attributable_mean']:+.3f} [{r['attributable_ci_low']:+.3f}, {r['attributable_ci_high']:+.3f}] "
-                     f"| {probe} |")
+                     f"{ci(r, 'attributable')} | {ci(r, 'pair_change')} | {ci(r, 'single_change')} | {probe} |")
+    split = table[(table["balance"] == "none") & table["single_added_change_mean"].notna()]
+    if len(split):
+        lines += ["", "The single part by hospital (unbalanced): the single-hospital model's WGA over its own hospital "
+                  "changes by " + ", ".join(f"{r['single_base_change_mean']:+.3f}" for _, r in split.iterrows())
+                  + ", over the added hospital it never saw by "
+                  + ", ".join(f"{r['single_added_change_mean']:+.3f}" for _, r in split.iterrows())
+                  + " (strengths " + ", ".join(f"{v:g}" for v in split["shortcut_strength"]) + ")."]
     if figure:
         lines += ["", f"![dose-response]({figure})"]
     return lines + [""]

@@ -25,8 +25,8 @@ from cxrstudy.train.config import TRAIN_PARAMS  # noqa: E402
 from cxrstudy.runs.launchers import LAUNCHER_PARAMS  # noqa: E402
 
 PARAMS = {
-    "envs": "cxp,nih,pad",
-    "labels": "Effusion,Cardiomegaly",
+    "envs": "mimic,cxp,nih",
+    "labels": "Effusion,Any",
     "seeds": "0",
     "balances": "none,hospital_label",
     "methods": "erm",

@@ -45,6 +45,26 @@ def test_a_constant_model_is_recognised_and_warned_about():
     assert not _outcome().constant and _outcome().metrics()["val/constant_model"] == 0.0
 
 
+def test_the_attributable_change_splits_into_the_pair_and_single_parts():
+    from analysis.dose import dose_table
+
+    rows = []
+    for s, pair, single in ((0.0, 0.6, 0.5), (1.0, 0.4, 0.45)):  # pair part -0.2, single part -0.05
+        for base, added, shift in (("cxp", "nih", 0.0), ("nih", "cxp", 0.1)):
+            rows.append({"base": base, "added": added, "label": "Effusion", "balance": "none", "method": "erm",
+                         "shortcut_strength": s, "wga_pair": pair, "wga_single": single + shift,
+                         "delta_mean": pair - single - shift, "delta_ci_low": -1.0, "delta_ci_high": 1.0,
+                         "attributable_delta": -0.15 if s else np.nan})
+    rows.append({**rows[-1], "base": "mimic", "added": "cxp", "wga_pair": 0.9})  # a pair with no strength-0 twin
+    t = dose_table(pd.DataFrame(rows)).set_index("shortcut_strength")
+    assert t.loc[0.0, "pair_change_mean"] == 0.0 and t.loc[0.0, "single_change_mean"] == 0.0
+    assert t.loc[1.0, "pair_change_mean"] == pytest.approx(-0.2)
+    assert t.loc[1.0, "single_change_mean"] == pytest.approx(-0.05)
+    # one two-hospital model serves (cxp, nih) and (nih, cxp): its CI comes from one value, not two
+    assert t.loc[1.0, "pair_change_ci_low"] == pytest.approx(-0.2) == t.loc[1.0, "pair_change_ci_high"]
+    assert t.loc[1.0, "pair_change_mean"] - t.loc[1.0, "single_change_mean"] == pytest.approx(-0.15)
+
+
 def test_every_strength_has_the_same_patients_labels_and_splits_but_other_pixels(tmp_path):
     specs = [DataSpec(source="synthetic", image_size=32, cache_dir=str(tmp_path),
                       synthetic=SyntheticConfig(n_patients=120, shortcut_strength=s)) for s in (0.0, 2.0)]
@@ -110,3 +130,19 @@ def test_at_strength_changes_only_the_pixels_setting(tmp_path):
     assert dataclasses.replace(other.data.synthetic, shortcut_strength=cfg.data.synthetic.shortcut_strength) \
         == cfg.data.synthetic
     assert other.content_hash() != cfg.content_hash() and other.seed == cfg.seed
+
+
+def test_every_test_group_of_the_default_grid_holds_at_least_100_images():
+    """WGA is the smallest group's accuracy: with the defaults no (hospital, label value) group of a
+    test split is so small that one image moves it by more than 0.01."""
+    import main
+    from cxrstudy.data.dataspec import DATA_PARAMS, spec_from_params
+    from cxrstudy.hospitals import parse_envs
+    from cxrstudy.labels import parse_labels
+
+    spec = spec_from_params(DATA_PARAMS, 32)
+    for env in parse_envs(main.PARAMS["envs"]):
+        test = spec.rows(env, "test")
+        for label in parse_labels(main.PARAMS["labels"]):
+            positives = int(test[label].sum())
+            assert min(positives, len(test) - positives) >= 100, (env, label, positives, len(test))

@@ -129,9 +129,9 @@ DATA_PARAMS = {
     "data_root": "",
     "roots": "",
     "cache_dir": "",
-    "synthetic_patients": "3000",
-    "shortcut_strength": "1.0",
-    "synthetic_seed": "0",
+    "synthetic_patients": str(SyntheticConfig.n_patients),
+    "shortcut_strength": str(SyntheticConfig.shortcut_strength),
+    "synthetic_seed": str(SyntheticConfig.seed),
 }
 
 

@@ -25,6 +25,7 @@ from cxrstudy.evaluate.bootstrap import mean_delta_bootstrap
 from cxrstudy.evaluate.metrics import evaluate_predictions
 from cxrstudy.evaluate.predict import predict_test
 from cxrstudy.labels import label_key
+from cxrstudy.tracking import keys
 from cxrstudy.tracking.registry import load_trained
 from cxrstudy.train.config import TrainConfig, normalise_envs
 
@@ -61,7 +62,7 @@ def pair_config(template: TrainConfig, setting: Setting, seed: int) -> TrainConf
 
 def compare_key(setting: Setting, seeds, single_hashes, pair_hashes, n_bootstrap: int) -> str:
     d = {"setting": dataclasses.asdict(setting), "seeds": list(seeds), "single": list(single_hashes),
-         "pair": list(pair_hashes), "n_bootstrap": n_bootstrap, "version": 1}
+         "pair": list(pair_hashes), "n_bootstrap": n_bootstrap, "version": 2}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -92,6 +93,11 @@ def worst_group_size(metrics: dict) -> int:
     return int(metrics[f"{env}/n_pos"] if value == "1" else metrics[f"{env}/n_neg"])
 
 
+def wga_at(metrics: dict, env: str) -> float:
+    """The worst-group accuracy over one hospital's two groups, from ``evaluate_predictions``' result."""
+    return float(min(metrics[f"{env}/tpr"], metrics[f"{env}/tnr"]))
+
+
 def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Callable[[TrainConfig], dict], *,
             n_bootstrap: int = 1000, device: str = "auto") -> dict:
     """Train (or reuse) the models of a setting for every seed, evaluate, and summarise.
@@ -114,6 +120,8 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
         per_seed.append({"seed": seed, "wga_single": ms["wga"], "wga_pair": mp["wga"],
                          "group_single": ms["wga_group"], "group_pair": mp["wga_group"],
                          "n_group_single": worst_group_size(ms), "n_group_pair": worst_group_size(mp),
+                         **{f"wga_{arm}_{role}": wga_at(m, env) for arm, m in (("single", ms), ("pair", mp))
+                            for role, env in (("base", setting.base), ("added", setting.added))},
                          "delta": mp["wga"] - ms["wga"]})
         constant += [bool(r.get("constant", False)) for r in (s_res, p_res)]
     boot = mean_delta_bootstrap(pairs, n_resamples=n_bootstrap, seed=0, expected_envs=envs)
@@ -129,6 +137,8 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
         # the size of each arm's worst group (smallest over seeds): how many images one WGA rests on
         "worst_group_n_single": int(min(r["n_group_single"] for r in per_seed)),
         "worst_group_n_pair": int(min(r["n_group_pair"] for r in per_seed)),
+        # each arm's WGA over one hospital's groups: the single model's "added" one is out of distribution
+        **{k: float(np.mean([r[k] for r in per_seed])) for k in keys.PER_HOSPITAL_WGA},
         # models that predict one class on validation (train warns): such a comparison is flagged
         "n_constant_models": int(sum(constant)),
         "per_seed": per_seed,

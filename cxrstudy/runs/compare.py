@@ -51,7 +51,8 @@ def run_compare(setting: Setting, template: TrainConfig, seeds: list[int], *, n_
         tracking.log_params({"seeds": ",".join(map(str, seeds)), "n_bootstrap": n_bootstrap,
                              "single_config_hashes": ",".join(single_h), "pair_config_hashes": ",".join(pair_h)},
                             prefix="cfg.")
-        mlflow.log_metrics({keys.compare_metric(k): float(res[k]) for k in keys.COMPARE_METRICS if k in res})
+        mlflow.log_metrics({keys.compare_metric(k): float(res[k]) for k in keys.COMPARE_METRICS + keys.PER_HOSPITAL_WGA
+                            if k in res})
         for r in res["per_seed"]:
             mlflow.log_metrics({keys.COMPARE_PREFIX + f"seed{r['seed']}/delta_wga": r["delta"],
                                 keys.COMPARE_PREFIX + f"seed{r['seed']}/wga_single": r["wga_single"],

@@ -68,6 +68,8 @@ ANALYSIS_PREFIX = "analysis/"
 # what a comparison run logs under COMPARE_PREFIX (analysis reads exactly these)
 COMPARE_METRICS = ("wga_single", "wga_pair", "delta_wga", "delta_ci_low", "delta_ci_high", "hurt", "n_seeds",
                    "worst_group_n_single", "worst_group_n_pair", "n_constant_models")
+# also under COMPARE_PREFIX: each arm's WGA over the base hospital's groups and over the added one's
+PER_HOSPITAL_WGA = ("wga_single_base", "wga_single_added", "wga_pair_base", "wga_pair_added")
 # logged on a synthetic comparison at strength s when the study also ran strength 0: the
 # shortcut-attributable change delta(s) - delta(0), with its paired patient-bootstrap CI
 ATTRIBUTABLE_METRICS = ("attributable_delta", "attributable_ci_low", "attributable_ci_high")

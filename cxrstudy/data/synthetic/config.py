@@ -31,7 +31,7 @@ class SyntheticConfig:
         image, 1 = default difficulty, larger = easier).
     """
 
-    n_patients: int = 3000
+    n_patients: int = 5000  # every test group of the default grid then holds >= 100 images (README)
     shortcut_strength: float = 1.0
     seed: int = 0
     sign_strength: float = 1.0
