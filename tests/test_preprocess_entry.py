@@ -1,5 +1,6 @@
 """The preprocess entry point: statistics, cache inputs, skipped images, metadata mode."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def test_synthetic_preprocess_logs_stats_inputs_and_is_idempotent(store, capsys)
     assert ((stats.positives / stats.n - stats.prevalence).abs() < 1e-12).all()
     inputs = MlflowClient().get_run(row.run_id).inputs.dataset_inputs
     assert {d.dataset.name for d in inputs} == {f"{e}-{s}-32px" for e in ("cxp", "nih") for s in ("train", "val", "test")}
+    for d in inputs:  # where in the cache, not where on this machine
+        uri = json.loads(d.dataset.source)["uri"]
+        assert uri.startswith(f"synthetic/{d.dataset.name.split('-')[0]}/") and not Path(uri).is_absolute(), uri
     assert "Dataset statistics" in out.out
     cache_files = sorted(p.stat().st_mtime_ns for p in Path("cache").rglob("images.u8"))
     preprocess_entry.main(args)  # same inputs: no image is decoded again
