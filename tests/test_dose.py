@@ -78,14 +78,10 @@ def test_every_strength_has_the_same_patients_labels_and_splits_but_other_pixels
     assert specs[0].fingerprint(["cxp"]) != specs[1].fingerprint(["cxp"])
 
 
-def test_main_dose_response_logs_the_attributable_change_csv_metrics_and_figure(store, tmp_path):
+def test_main_dose_response_logs_the_attributable_change_csv_metrics_and_figure(store, tmp_path, tiny_main_argv):
     import main as main_entry
 
-    argv = ["--envs", "cxp,nih", "--labels", "Any", "--seeds", "0", "--balances", "none", "--shortcut_strengths", "0,1",
-            "--preset", "cpu", "--image_size", "32", "--batch_size", "16", "--synthetic_patients", "200",
-            "--n_bootstrap", "50", "--max_steps", "6", "--eval_every", "3", "--workers", "1",
-            "--cache_dir", str(tmp_path / "cache")]
-    main_entry.main(argv)
+    main_entry.main(tiny_main_argv("--shortcut_strengths", "0,1"))
     compare = mlflow.search_runs(search_all_experiments=True,
                                  filter_string=f"tags.`{keys.ENTRY_TAG}` = 'compare' and attributes.status = 'FINISHED'")
     assert sorted(compare[f"tags.{keys.SHORTCUT_STRENGTH_TAG}"]) == ["0", "0", "1", "1"]
@@ -110,6 +106,12 @@ def test_main_dose_response_logs_the_attributable_change_csv_metrics_and_figure(
     path = MlflowClient().download_artifacts(m.run_id, "dose_response.csv", str(tmp_path))
     table = pd.read_csv(path)
     assert list(table["shortcut_strength"]) == [0.0, 1.0]
+    # the attributable change is the pair part minus the single part, and the single part splits by hospital
+    for k in keys.PER_HOSPITAL_WGA:
+        assert compare[f"metrics.compare/{k}"].between(0, 1).all(), k
+    r1 = table.iloc[1]
+    assert r1["attributable_mean"] == pytest.approx(r1["pair_change_mean"] - r1["single_change_mean"], abs=1e-9)
+    assert not np.isnan(r1["single_added_change_mean"]) and not np.isnan(r1["single_base_change_mean"])
 
 
 def test_shortcut_strengths_need_the_synthetic_source(capsys):

@@ -117,13 +117,10 @@ def test_a_method_is_part_of_the_identity_the_name_and_the_tags(store, tmp_path)
     assert "groupdro" in MlflowClient().get_run(res["run_id"]).info.run_name
 
 
-def test_main_with_two_methods_reports_per_method_and_reruns_nothing(store, tmp_path):
+def test_main_with_two_methods_reports_per_method_and_reruns_nothing(store, tmp_path, tiny_main_argv):
     import main as main_entry
 
-    argv = ["--envs", "cxp,nih", "--labels", "Any", "--seeds", "0", "--balances", "none", "--methods", "erm,groupdro",
-            "--preset", "cpu", "--image_size", "32", "--batch_size", "16", "--synthetic_patients", "200",
-            "--n_bootstrap", "50", "--max_steps", "6", "--eval_every", "3", "--workers", "1",
-            "--cache_dir", str(tmp_path / "cache")]
+    argv = tiny_main_argv("--methods", "erm,groupdro")
     main_entry.main(argv)
     train = mlflow.search_runs(search_all_experiments=True,
                                filter_string=f"tags.`{keys.ENTRY_TAG}` = 'train' and attributes.status = 'FINISHED'")
