@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from cxrstudy.tracking import keys
 
 from .dose import headline_strength
@@ -116,7 +118,7 @@ def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *
     at_headline = all_settings if dose_at is None else all_settings[all_settings["shortcut_strength"] == dose_at]
     method_lines, method_numbers = _method_section(at_headline, out, files, figures=figures)
     dose_lines, dose_numbers = _dose_section(all_settings, ids, source, out, files, figures=figures)
-    flag_lines = _constant_model_flags(all_settings)
+    flag_lines = model_flags(all_settings)
 
     from .report import write_report
 
@@ -142,21 +144,28 @@ def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *
     return result
 
 
-def _constant_model_flags(settings) -> list[str]:
+def model_flags(settings) -> list[str]:
     """Report lines naming every comparison that rests on a constant model (one that predicts a single
-    class on validation): its WGA is 0 or a group's TPR/TNR of 1 by construction, not by learning."""
-    if "n_constant_models" not in settings:
-        return []
-    bad = settings[settings["n_constant_models"].fillna(0) > 0]
+    class on validation: its WGA is 0 or a group's TPR/TNR of 1 by construction, not by learning) or on
+    an unconverged one (cut off while still improving: a two-hospital model may just be behind)."""
+    def count(col):
+        return settings[col].fillna(0) if col in settings else pd.Series(0, index=settings.index)
+
+    constant, unconverged = count("n_constant_models"), count("n_unconverged_models")
+    bad = settings[(constant > 0) | (unconverged > 0)]
     if bad.empty:
         return []
-    lines = ["## Flagged: comparisons that use a constant model", "",
+    lines = ["## Flagged: comparisons that use a constant or unconverged model", "",
              f"{len(bad)} of {len(settings)} settings compare at least one model that predicts a single class on "
-             "validation (`train` warned about it). Their deltas are kept in the tables but say nothing about the "
-             "hospital shortcut:", ""]
-    for _, r in bad.iterrows():
-        lines.append(f"- {r['base']}+{r['added']} / {r['label']} / {r['balance']} / {r['method']}: "
-                     f"{int(r['n_constant_models'])} constant model(s), delta {r['delta_mean']:+.3f}")
+             "validation, or that kept its best checkpoint past 75% of `max_steps` without stopping early "
+             "(`train` warned about both). Their deltas are kept in the tables but do not measure the hospital "
+             "shortcut:", ""]
+    for i, r in bad.iterrows():
+        what = [f"{int(n)} {name} model(s)" for n, name in ((constant[i], "constant"), (unconverged[i], "unconverged"))
+                if n > 0]
+        strength = f" / strength {r['shortcut_strength']:g}" if pd.notna(r.get("shortcut_strength")) else ""
+        lines.append(f"- {r['base']}+{r['added']} / {r['label']} / {r['balance']} / {r['method']}{strength}: "
+                     f"{', '.join(what)}, delta {r['delta_mean']:+.3f}")
     return lines + [""]
 
 

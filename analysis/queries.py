@@ -30,7 +30,7 @@ from cxrstudy.train.methods import method_names
 #: What ``settings.csv`` holds, in this order.
 SETTINGS_COLUMNS = ["base", "added", "label", "balance", "method", "shortcut_strength", "n_seeds", "wga_single", "wga_pair",
                     "delta_mean", "delta_ci_low", "delta_ci_high", "hurt", "worst_group_n_single",
-                    "worst_group_n_pair", "n_constant_models", "attributable_delta", "attributable_ci_low",
+                    "worst_group_n_pair", "n_constant_models", "n_unconverged_models", "attributable_delta", "attributable_ci_low",
                     "attributable_ci_high", *keys.PER_HOSPITAL_WGA]
 #: ``comparison_table`` adds these (provenance) after the settings columns.
 EXTRA_COLUMNS = ["run_id", "source", "synthetic", "fake", "seeds", "start_time", "experiment_id"]
@@ -51,6 +51,7 @@ _METRICS = {  # column -> metric key
     "worst_group_n_single": keys.compare_metric("worst_group_n_single"),
     "worst_group_n_pair": keys.compare_metric("worst_group_n_pair"),
     "n_constant_models": keys.compare_metric("n_constant_models"),
+    "n_unconverged_models": keys.compare_metric("n_unconverged_models"),
     **{k: keys.compare_metric(k) for k in keys.ATTRIBUTABLE_METRICS + keys.PER_HOSPITAL_WGA},
 }
 

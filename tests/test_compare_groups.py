@@ -37,7 +37,8 @@ def test_compare_reports_each_arm_per_hospital_and_its_worst_group(tmp_path):
 
     def train(cfg):
         arm = "single" if len(cfg.envs) == 1 else "pair"
-        return {"run_id": arm, "model_uri": f"runs:/{arm}/model"}  # predictions are cached: nothing is loaded
+        # predictions are cached: nothing is loaded; the pair model was cut off while still improving
+        return {"run_id": arm, "model_uri": f"runs:/{arm}/model", "converged": arm == "single"}
 
     res = compare(Setting("cxp", "nih", "Effusion"), template, [0], train, n_bootstrap=50)
     assert res["wga_single"] == pytest.approx(0.25) and res["wga_pair"] == pytest.approx(0.6)
@@ -45,3 +46,22 @@ def test_compare_reports_each_arm_per_hospital_and_its_worst_group(tmp_path):
     assert res["wga_single_base"] == pytest.approx(0.8) and res["wga_single_added"] == pytest.approx(0.25)
     assert res["wga_pair_base"] == pytest.approx(0.7) and res["wga_pair_added"] == pytest.approx(0.6)
     assert res["per_seed"][0]["group_single"] == "nih/y=1"
+    assert res["n_unconverged_models"] == 1 and res["n_constant_models"] == 0
+
+
+def test_analyze_flags_comparisons_that_use_a_constant_or_unconverged_model():
+    from analysis import model_flags
+
+    settings = pd.DataFrame([
+        {"base": "cxp", "added": "nih", "label": "Any", "balance": "none", "method": "erm", "shortcut_strength": 2.0,
+         "delta_mean": 0.1, "n_constant_models": 0, "n_unconverged_models": 1},
+        {"base": "nih", "added": "cxp", "label": "Any", "balance": "none", "method": "erm", "shortcut_strength": 2.0,
+         "delta_mean": -0.1, "n_constant_models": 1, "n_unconverged_models": np.nan},
+        {"base": "cxp", "added": "mimic", "label": "Any", "balance": "none", "method": "erm", "shortcut_strength": 2.0,
+         "delta_mean": 0.0, "n_constant_models": 0, "n_unconverged_models": 0},
+    ])
+    text = "\n".join(model_flags(settings))
+    assert "2 of 3 settings" in text
+    assert "cxp+nih / Any / none / erm / strength 2: 1 unconverged model(s)" in text
+    assert "nih+cxp / Any / none / erm / strength 2: 1 constant model(s)" in text and "cxp+mimic" not in text
+    assert model_flags(settings.iloc[[2]]) == []

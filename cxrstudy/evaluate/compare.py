@@ -62,7 +62,7 @@ def pair_config(template: TrainConfig, setting: Setting, seed: int) -> TrainConf
 
 def compare_key(setting: Setting, seeds, single_hashes, pair_hashes, n_bootstrap: int) -> str:
     d = {"setting": dataclasses.asdict(setting), "seeds": list(seeds), "single": list(single_hashes),
-         "pair": list(pair_hashes), "n_bootstrap": n_bootstrap, "version": 2}
+         "pair": list(pair_hashes), "n_bootstrap": n_bootstrap, "version": 3}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -106,7 +106,7 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
     """
     envs = [setting.base, setting.added]
     cache_dir = template.data.cache_dir
-    pairs, per_seed, runs, constant = [], [], {"single": [], "pair": []}, []
+    pairs, per_seed, runs, constant, unconverged = [], [], {"single": [], "pair": []}, [], []
     for seed in seeds:
         s_res = train(single_config(template, setting.base, setting.label, seed))
         p_res = train(pair_config(template, setting, seed))
@@ -124,6 +124,7 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
                             for role, env in (("base", setting.base), ("added", setting.added))},
                          "delta": mp["wga"] - ms["wga"]})
         constant += [bool(r.get("constant", False)) for r in (s_res, p_res)]
+        unconverged += [not r.get("converged", True) for r in (s_res, p_res)]
     boot = mean_delta_bootstrap(pairs, n_resamples=n_bootstrap, seed=0, expected_envs=envs)
     delta = float(np.mean([r["delta"] for r in per_seed]))
     return {
@@ -141,6 +142,8 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
         **{k: float(np.mean([r[k] for r in per_seed])) for k in keys.PER_HOSPITAL_WGA},
         # models that predict one class on validation (train warns): such a comparison is flagged
         "n_constant_models": int(sum(constant)),
+        # models cut off while still improving (train warns): such a comparison is flagged too
+        "n_unconverged_models": int(sum(unconverged)),
         "per_seed": per_seed,
         "runs": runs,
     }

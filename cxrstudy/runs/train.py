@@ -233,7 +233,9 @@ def _reuse(cfg: TrainConfig, done, progress: bool) -> dict:
     result = {"run_id": done.info.run_id, "registered_model": tags.get("registered_model"),
               "registered_version": int(tags.get("registered_version", 0)),
               "model_uri": f"models:/{tags.get('registered_model')}/{tags.get('registered_version')}",
-              "reused": True, "constant": done.data.metrics.get("val/constant_model", 0.0) >= 1.0}
+              "reused": True, "constant": done.data.metrics.get("val/constant_model", 0.0) >= 1.0,
+              # runs from before the convergence rule carry no "converged" metric: not flagged
+              "converged": done.data.metrics.get("converged", 1.0) >= 1.0}
     if mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID"):
         # `mlflow run` already opened a run for us: record what it reused, then finish it.
         with tracking.run(run_name=run_name_of(cfg), tags={keys.ENTRY_TAG: keys.ENTRY_TRAIN,
@@ -314,7 +316,8 @@ def _train_holding_lock(cfg: TrainConfig, *, force: bool, device: str, progress:
           f"best val macro-F1 {out.best_score:.3f} at step {out.best_step}", file=sys.stderr)
     print(registered.line(), flush=True)  # true when printed: its aliases, and which version @latest is
     return {"run_id": run_id, "registered_model": name, "registered_version": version,
-            "model_uri": f"models:/{name}/{version}", "reused": False, "constant": out.constant, "model_line": registered.line(),
+            "model_uri": f"models:/{name}/{version}", "reused": False, "constant": out.constant,
+            "converged": out.converged(cfg.max_steps), "model_line": registered.line(),
             "aliases": list(registered.aliases)}
 
 

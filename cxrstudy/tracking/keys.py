@@ -67,7 +67,7 @@ PROBE_PREFIX = "probe/"
 ANALYSIS_PREFIX = "analysis/"
 # what a comparison run logs under COMPARE_PREFIX (analysis reads exactly these)
 COMPARE_METRICS = ("wga_single", "wga_pair", "delta_wga", "delta_ci_low", "delta_ci_high", "hurt", "n_seeds",
-                   "worst_group_n_single", "worst_group_n_pair", "n_constant_models")
+                   "worst_group_n_single", "worst_group_n_pair", "n_constant_models", "n_unconverged_models")
 # also under COMPARE_PREFIX: each arm's WGA over the base hospital's groups and over the added one's
 PER_HOSPITAL_WGA = ("wga_single_base", "wga_single_added", "wga_pair_base", "wga_pair_added")
 # logged on a synthetic comparison at strength s when the study also ran strength 0: the
