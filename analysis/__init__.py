@@ -20,7 +20,7 @@ from cxrstudy.tracking import keys
 
 from .dose import headline_strength
 from .queries import (SETTINGS_COLUMNS, comparison_runs, comparison_table, gc_paused, latest_dataset_stats,
-                      latest_per_setting, resolve_experiment_ids)
+                      latest_per_setting, resolve_experiment_ids, seed_set)
 from .summary import as_metrics, headline, headline_sentence, hypothesis2_summary, hypothesis2_table
 
 __all__ = ["run_analysis", "log_results", "comparison_table", "comparison_runs", "latest_dataset_stats",
@@ -48,12 +48,14 @@ def no_runs_message(experiment_ids, source=None) -> str:
 
 
 def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *, log: bool | None = None,
-                 figures: bool = True, verbose: bool = True, shortcut_strengths=None) -> dict:
+                 figures: bool = True, verbose: bool = True, shortcut_strengths=None, seeds=None) -> dict:
     """Query the comparison runs, summarise them, draw the figures and write the report.
 
     ``experiment_ids``: None = the current experiment; ``source``: ``synthetic`` | ``real`` | None (all);
     ``shortcut_strengths``: keep only the synthetic comparisons at these strengths (real ones stay);
     None = all (with several strengths the headline is at strength 1, and a dose-response is added);
+    ``seeds``: keep only comparisons over exactly these seeds (then the newest of those per setting), so a
+    one-seed study next to a three-seed one reads its own seed; None = the newest comparison of any seeds;
     ``out_dir``: where ``settings.csv``, ``hypothesis2.csv``, the PNGs and ``report.md`` go (None = a
     new temporary folder). ``log``: log metrics and those files to the active MLflow run (None = when
     a run is active). Raises :class:`cxrstudy.errors.DataError` when there is no comparison run.
@@ -74,6 +76,10 @@ def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *
     timings["query"] = time.perf_counter() - t0
     if runs.empty:
         raise DataError(no_runs_message(ids, source))
+    if seeds:
+        runs = runs[runs["seeds"].map(seed_set) == seed_set(seeds)]
+        if runs.empty:
+            raise DataError(no_runs_message(ids, source) + f" over seeds {','.join(map(str, seeds))}")
     all_settings = latest_per_setting(runs)
     if shortcut_strengths:
         keep = all_settings["shortcut_strength"].isna() | all_settings["shortcut_strength"].isin(

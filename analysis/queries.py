@@ -157,6 +157,12 @@ def _rows(runs) -> list[dict]:
     return rows
 
 
+def seed_set(seeds) -> frozenset:
+    """The seeds of a comparison as a set: ``"0,1,2"``, ``[0, 1, 2]`` and ``"2,0,1"`` are one set."""
+    parts = seeds.split(",") if isinstance(seeds, str) else seeds
+    return frozenset(int(s) for s in parts if str(s).strip())
+
+
 def comparison_table(experiment_ids=None, source: str | None = None) -> pd.DataFrame:
     """One row per setting (base, added, label, balance, source): the newest FINISHED comparison run.
 

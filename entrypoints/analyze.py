@@ -6,6 +6,8 @@
 Reads the FINISHED comparison runs of the experiment (the newest run per setting), logs the
 hurt fractions as metrics (``analysis/...``; ``analysis/balanced/...`` for hospital-label
 balancing), and the artifacts settings.csv, hypothesis2.csv, the figures and report.md.
+``-P seeds=0,1,2`` reads only the comparisons over exactly those seeds (what `main` does for its own
+study); ``-P shortcut_strengths=0,1`` only those strengths.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ PARAMS = {
     "source": "",
     "experiment": "",
     "shortcut_strengths": "",
+    "seeds": "",
 }
 
 
@@ -58,10 +61,11 @@ def main(argv=None) -> None:
         from cxrstudy.tracking import runs as tracking
         from cxrstudy.data.sources import parse_source_kind
 
-        from cxrstudy.params import as_float_list, optional
+        from cxrstudy.params import as_float_list, as_int_list, optional
 
         strengths = (as_float_list("shortcut_strengths", raw["shortcut_strengths"], lo=0.0, hi=10.0)
                      if optional(raw["shortcut_strengths"]) else None)
+        seeds = as_int_list("seeds", raw["seeds"], lo=0) if optional(raw["seeds"]) else None
         source = raw["source"].strip().lower()
         source = "" if source in ("", "all") else parse_source_kind(source)
         tracking.check_tracking_server(tracking.tracking_uri())
@@ -76,7 +80,7 @@ def main(argv=None) -> None:
         with tempfile.TemporaryDirectory(prefix="cxrstudy-analyze-") as tmp:
             # DataError (no comparison runs) comes before any run is opened
             result = run_analysis([eid], source or None, out_dir=tmp, log=False, verbose=False,
-                                  shortcut_strengths=strengths)
+                                  shortcut_strengths=strengths, seeds=seeds)
             print(format_headline(result, report_path=False), flush=True)
             with tracking.run(run_name=f"analyze-{source or 'all'}", tags={keys.ENTRY_TAG: keys.ENTRY_ANALYZE}):
                 tracking.mark_synthetic(result["synthetic"])

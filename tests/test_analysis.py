@@ -144,6 +144,22 @@ def test_newest_finished_run_wins(store):
     assert comparison_table([eid], source="synthetic")["run_id"].tolist() == [newest]
 
 
+def test_a_study_reads_the_comparisons_over_its_own_seeds(store, tmp_path):
+    """A one-seed study next to a newer three-seed one reads its own seed; no filter reads the newest."""
+    eid = new_experiment()
+    one = log_compare(eid, "cxp", "nih", "Edema", 0.10, 0.05, 0.15, start=1_000, seeds=(0,))
+    three = log_compare(eid, "cxp", "nih", "Edema", -0.05, -0.1, -0.01, start=2_000, seeds=(2, 0, 1))
+    res = analysis.run_analysis([eid], out_dir=tmp_path / "a", log=False, figures=False, verbose=False, seeds=[0])
+    assert res["settings"]["run_id"].tolist() == [one] and res["settings"]["delta_mean"].tolist() == [0.10]
+    res = analysis.run_analysis([eid], out_dir=tmp_path / "b", log=False, figures=False, verbose=False,
+                                seeds=[0, 1, 2])
+    assert res["settings"]["run_id"].tolist() == [three]
+    res = analysis.run_analysis([eid], out_dir=tmp_path / "c", log=False, figures=False, verbose=False)
+    assert res["settings"]["run_id"].tolist() == [three]
+    with pytest.raises(DataError, match="over seeds 5"):
+        analysis.run_analysis([eid], out_dir=tmp_path / "d", log=False, figures=False, verbose=False, seeds=[5])
+
+
 def test_empty_and_current_experiment(store):
     eid = new_experiment("empty")
     t = comparison_table([eid])

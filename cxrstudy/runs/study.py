@@ -121,7 +121,9 @@ def run_main(template: TrainConfig, envs: list[str], labels: list[str], seeds: l
             with tracking.run(run_name="analyze", nested=True, tags={keys.ENTRY_TAG: keys.ENTRY_ANALYZE}):
                 # this study's strengths only: a null run next to a default one reads the null
                 used = strengths or ([template.data.synthetic.shortcut_strength] if template.data.is_synthetic else None)
-                summary = analyze(experiment_ids=[exp_id], source=template.data.source, shortcut_strengths=used)
+                # and this study's seeds: a one-seed study next to a three-seed one reads its own seed
+                summary = analyze(experiment_ids=[exp_id], source=template.data.source, shortcut_strengths=used,
+                                  seeds=seeds)
             mlflow.log_metrics({k: v for k, v in _flat_headline(summary).items()})
     return {"run_id": pid, "settings": results, "analysis": summary}
 
