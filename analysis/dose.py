@@ -39,6 +39,10 @@ DOSE_COLUMNS = ["shortcut_strength", "balance", "n_settings", "n_hurt", "hurt_fr
 
 #: What identifies one comparison across strengths.
 _SETTING = ["base", "added", "label", "balance", "method"]
+#: Each part of the attributable change and the settings column it is the change of (the single part
+#: also on the model's own hospital and on the added one it never saw).
+_PARTS = {"pair_change": "wga_pair", "single_change": "wga_single", "single_base_change": "wga_single_base",
+          "single_added_change": "wga_single_added"}
 
 
 def _change_from_null(settings: pd.DataFrame, column: str) -> pd.Series:
@@ -68,10 +72,8 @@ def headline_strength(settings: pd.DataFrame) -> float | None:
 def dose_table(settings: pd.DataFrame, probe_accuracy: dict | None = None) -> pd.DataFrame:
     """One row per (strength, balance) of the ERM comparisons."""
     s = settings[settings["method"] == keys.DEFAULT_METHOD] if "method" in settings else settings
-    s = s.assign(pair_change=_change_from_null(s, "wga_pair"), single_change=_change_from_null(s, "wga_single"))
-    for where in ("base", "added"):  # the single part on the model's own hospital and on the one it never saw
-        column = f"wga_single_{where}"
-        s = s.assign(**{f"single_{where}_change": _change_from_null(s, column) if column in s else np.nan})
+    s = s.assign(**{part: _change_from_null(s, column) if column in s else np.nan
+                    for part, column in _PARTS.items()})
     # (A, B) and (B, A) share one two-hospital model, scored on the same four groups: count it once
     s = s.assign(_pair_model=[",".join(sorted(ab)) for ab in zip(s["base"], s["added"])])
     rows = []
@@ -94,8 +96,8 @@ def dose_table(settings: pd.DataFrame, probe_accuracy: dict | None = None) -> pd
                 "attributable_ci_high": ahi if att.notna().any() else (0.0 if strength == 0 else np.nan),
                 "n_attributable_below_0": int((g.get("attributable_ci_high", pd.Series(dtype=float)).astype(float) < 0).sum()),
                 "n_attributable_above_0": int((g.get("attributable_ci_low", pd.Series(dtype=float)).astype(float) > 0).sum()),
-                **_mean_with_ci("pair_change", g.drop_duplicates(["_pair_model", "label", "balance"]
-                                                                 + (["method"] if "method" in g else []))["pair_change"]),
+                # g is one method, strength and balance: a two-hospital model is (hospitals, label)
+                **_mean_with_ci("pair_change", g.drop_duplicates(["_pair_model", "label"])["pair_change"]),
                 **_mean_with_ci("single_change", g["single_change"]),
                 **_mean_with_ci("single_base_change", g["single_base_change"]),
                 **_mean_with_ci("single_added_change", g["single_added_change"]),
