@@ -70,7 +70,7 @@ def main(argv=None) -> None:
                 balances.append(parse_balance(b))
         if not balances:
             raise UsageError("parameter balances is empty; expected e.g. none,hospital_label")
-        workers = resolve_workers(raw["workers"])  # auto: one per visible GPU
+        workers = resolve_workers(raw["workers"])  # auto: one per visible GPU, else one per core
         launcher = launcher_from_params(raw)
         n_boot = as_int("n_bootstrap", raw["n_bootstrap"], lo=10, hi=100000)
         probe = as_bool("probe", raw["probe"])

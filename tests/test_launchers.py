@@ -250,9 +250,12 @@ def test_more_workers_than_gpus_only_when_asked(monkeypatch, capsys):
     assert [local.slot_gpu(i, ["0", "1"]) for i in range(3)] == ["0", "1", "0"]
 
 
-def test_without_gpus_auto_is_one_worker_and_cuda_is_left_alone(monkeypatch):
+def test_without_gpus_auto_is_one_worker_per_core_and_cuda_is_left_alone(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(local, "gpu_count", lambda: 0)
+    monkeypatch.setattr(local, "usable_cores", lambda: 2)
+    assert local.resolve_workers("auto") == 2  # one single-threaded training per core
+    monkeypatch.setattr(local, "usable_cores", lambda: 1)
     assert local.resolve_workers("auto") == 1
     assert "CUDA_VISIBLE_DEVICES" not in local.worker_env(0, 2, "sqlite:///x", "0")
     monkeypatch.setattr(local, "gpu_count", lambda: 1)  # one GPU: workers share it, as before

@@ -1,7 +1,11 @@
 """The compute device: pick one (a clear error before any work when it does not exist), move a
-uint8 batch onto it as [0, 1] floats, and the mixed precision used there (bf16 on CUDA, none on CPU)."""
+uint8 batch onto it as [0, 1] floats, the mixed precision used there (bf16 on CUDA, none on CPU),
+and the settings that make a training the same however many run beside it (:func:`reproducible`)."""
 
 from __future__ import annotations
+
+import os
+from contextlib import contextmanager
 
 import torch
 
@@ -28,3 +32,36 @@ def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
+
+
+#: Intra-op threads of one training on the CPU. Floating-point sums are reduced in an order that
+#: depends on the thread count, so a fixed count is what makes a configuration's weights the same
+#: whether it trains alone, in ``main`` with one worker or with many (docs/PROTOCOL.md "Determinism").
+#: Parallelism comes from training several models at once (``workers``), never from threads.
+TRAIN_THREADS = 1
+
+
+@contextmanager
+def reproducible(device: torch.device):
+    """Inside: the same weights for the same configuration and seed on this machine, however many
+    trainings run beside it. CPU: :data:`TRAIN_THREADS` intra-op threads (restored afterwards). CUDA:
+    the deterministic settings PyTorch documents (deterministic cuDNN, no autotuning, deterministic
+    algorithms where they exist)."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        before = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+                  torch.are_deterministic_algorithms_enabled())
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[:2]
+            torch.use_deterministic_algorithms(before[2])
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(TRAIN_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -30,7 +30,7 @@ from cxrstudy.evaluate.metrics import evaluate_predictions, select_threshold
 from cxrstudy.train.augment import augment
 from cxrstudy.train.balancing import hospital_label_balance, prevalence, size_match
 from cxrstudy.train.config import TrainConfig
-from cxrstudy.train.device import autocast, prepare_input
+from cxrstudy.train.device import autocast, prepare_input, reproducible
 from cxrstudy.train.methods import Method, balanced_group_indices, get_method
 from cxrstudy.train.models import BinaryClassifier, build_model
 
@@ -275,6 +275,15 @@ def train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, chec
     upweights the training examples it gets wrong; DFR refits the head of the kept ERM model on a
     group-balanced set of training embeddings and chooses the threshold again on validation.
     """
+    with reproducible(device):  # the same weights however many trainings run beside this one
+        return _train_model(cfg, data, device=device, checkpoint_dir=checkpoint_dir, on_eval=on_eval,
+                            on_checkpoint=on_checkpoint, progress=progress)
+
+
+def _train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, checkpoint_dir: Path,
+                 on_eval: Callable[[int, dict], None] | None = None,
+                 on_checkpoint: Callable[[Path], None] | None = None,
+                 progress: bool = True) -> TrainOutcome:
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     method = build_method(cfg, data.pools)

@@ -1,7 +1,8 @@
 """The local launcher: the grid's cells in this process, or in N parallel worker processes.
 
 Parallel workers are ``python entrypoints/train.py`` subprocesses, each nested under the study's
-parent run and given ``cores / N`` CPU threads. With a SQLite store they log through one local
+parent run; each training runs on one CPU thread (``TRAIN_THREADS``), so a model's weights do not
+depend on the number of workers, and ``workers=auto`` on a CPU machine starts one per usable core. With a SQLite store they log through one local
 ``mlflow server`` (see :mod:`cxrstudy.tracking.server`): SQLite behind one process, no 'database is
 locked'. On a node with several visible GPUs every worker slot owns one GPU
 (``CUDA_VISIBLE_DEVICES``); ``workers=auto`` starts one worker per GPU, and two workers share a
@@ -24,6 +25,7 @@ from cxrstudy.errors import DataError, UsageError
 from cxrstudy.runs.train import find_trained, run_training
 from cxrstudy.tracking import keys
 from cxrstudy.train.config import TrainConfig, config_to_params
+from cxrstudy.train.device import TRAIN_THREADS
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -85,13 +87,22 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(n)]
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. a Slurm allocation)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def resolve_workers(value, gpus: list[str] | None = None) -> int:
-    """``auto`` -> one worker per visible GPU (1 without a GPU); an integer as given. Asking for
+    """``auto`` -> one worker per visible GPU, or one per usable core without a GPU (each training
+    runs on one thread, :data:`cxrstudy.train.device.TRAIN_THREADS`); an integer as given. Asking for
     more workers than GPUs on a multi-GPU node is allowed (they share) and said once."""
     gpus = visible_gpus() if gpus is None else gpus
     v = str(value).strip().lower()
     if v in ("", "auto"):
-        return max(1, len(gpus))
+        return len(gpus) if gpus else max(1, usable_cores() // TRAIN_THREADS)
     try:
         n = int(v)
     except ValueError:
@@ -111,7 +122,7 @@ def slot_gpu(slot: int, gpus: list[str]) -> str | None:
 
 def worker_env(i: int, workers: int, tracking_uri: str, experiment_id: str, gpus: list[str] | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, usable_cores() // workers)
     env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_EXPERIMENT_ID=experiment_id,
                OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     if str(tracking_uri).startswith(("http://", "https://")):
