@@ -19,6 +19,8 @@ import pandas as pd
 from cxrstudy.tracking import keys
 
 from .dose import headline_strength
+from .noise_floor import noise_floor_metrics, noise_floor_runs, noise_floor_sentence, noise_floor_summary
+from .noise_floor import report_section as noise_floor_report
 from .queries import (SETTINGS_COLUMNS, comparison_runs, comparison_table, gc_paused, latest_dataset_stats,
                       latest_per_setting, resolve_experiment_ids, seed_set)
 from .summary import as_metrics, headline, headline_sentence, hypothesis2_summary, hypothesis2_table
@@ -62,7 +64,7 @@ def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *
 
     Returns ``{"settings", "headline", "hypothesis2", "hypothesis2_summary", "metrics", "files",
     "figures", "report", "out_dir", "experiment_ids", "source", "n_runs", "synthetic", "fake",
-    "dataset_stats", "seconds", "timings"}``.
+    "dataset_stats", "noise_floor", "seconds", "timings"}`` (``noise_floor``: the A/A summary, or None).
     """
     import mlflow
 
@@ -125,14 +127,18 @@ def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *
     method_lines, method_numbers = _method_section(at_headline, out, files, figures=figures)
     dose_lines, dose_numbers = _dose_section(all_settings, ids, source, out, files, figures=figures)
     flag_lines = model_flags(all_settings)
+    floor_lines, floor = _noise_floor_section(ids, source, settings, seeds, out, files)
 
     from .report import write_report
 
     meta = {"experiment_ids": ids, "source": source, "n_runs": len(runs)}
-    files["report.md"] = write_report(settings, head, h2, stats, figs, out, meta=meta, extra_sections=flag_lines + dose_lines + method_lines + probe_lines)
+    files["report.md"] = write_report(settings, head, h2, stats, figs, out, meta=meta, extra_sections=floor_lines + flag_lines + dose_lines + method_lines + probe_lines,
+                                     headline_notes=[f"**{noise_floor_sentence(floor)}**"] if floor else None)
     result = {
         "settings": settings, "headline": head, "hypothesis2": h2, "hypothesis2_summary": hypothesis2_summary(h2),
-        "metrics": {**as_metrics(head, h2), **method_numbers, **dose_numbers, **probe_numbers}, "files": files, "figures": figs, "report": files["report.md"],
+        "metrics": {**as_metrics(head, h2), **method_numbers, **dose_numbers, **probe_numbers,
+                    **(noise_floor_metrics(floor) if floor else {})},
+        "noise_floor": floor, "files": files, "figures": figs, "report": files["report.md"],
         "out_dir": out, "experiment_ids": ids, "source": source, "n_runs": len(runs),
         "synthetic": bool(settings["synthetic"].any()), "fake": bool(settings["fake"].any()),
         "dataset_stats": stats,
@@ -173,6 +179,19 @@ def model_flags(settings) -> list[str]:
         lines.append(f"- {r['base']}+{r['added']} / {r['label']} / {r['balance']} / {r['method']}{strength}: "
                      f"{', '.join(what)}, delta {r['delta_mean']:+.3f}")
     return lines + [""]
+
+
+def _noise_floor_section(ids, source, settings, seeds, out: Path, files: dict):
+    """The A/A table and report lines (at the strengths of the headline's settings, over the study's
+    seeds), and their summary; nothing when the experiments hold no A/A comparison."""
+    strengths = settings["shortcut_strength"].dropna().unique().tolist() if "shortcut_strength" in settings else []
+    runs = noise_floor_runs(ids, source, seeds=seeds, shortcut_strengths=strengths or None)
+    if runs.empty:
+        return [], None
+    files["noise_floor.csv"] = out / "noise_floor.csv"
+    runs.to_csv(files["noise_floor.csv"], index=False)
+    summary = noise_floor_summary(runs)
+    return noise_floor_report(runs, summary), summary
 
 
 def _dose_section(settings, ids, source, out: Path, files: dict, *, figures: bool):
@@ -238,6 +257,8 @@ def format_headline(result: dict, report_path: bool = True) -> str:
     if "none" in result["headline"]:
         lines.append(f"(paper: adding a hospital hurt WGA in 43% of 108 settings; here "
                      f"{result['headline']['none']['hurt_fraction']:.0%} of {result['headline']['none']['n_settings']})")
+    if result.get("noise_floor"):
+        lines.append(f"[noise floor] {noise_floor_sentence(result['noise_floor'])}")
     s = result["hypothesis2_summary"]
     if s["n_settings"]:
         lines.append(f"[hypothesis 2] balanced model beat both in {s['n_balanced_beats_both']} of {s['n_settings']} "

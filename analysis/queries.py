@@ -15,6 +15,7 @@ SQLite store.
 from __future__ import annotations
 
 import gc
+import re
 import tempfile
 from contextlib import contextmanager
 
@@ -31,7 +32,8 @@ from cxrstudy.train.methods import method_names
 SETTINGS_COLUMNS = ["base", "added", "label", "balance", "method", "shortcut_strength", "n_seeds", "wga_single", "wga_pair",
                     "delta_mean", "delta_ci_low", "delta_ci_high", "hurt", "worst_group_n_single",
                     "worst_group_n_pair", "n_constant_models", "n_unconverged_models", "attributable_delta", "attributable_ci_low",
-                    "attributable_ci_high", *keys.PER_HOSPITAL_WGA]
+                    "attributable_ci_high", *keys.PER_HOSPITAL_WGA, "delta_patient_ci_low", "delta_patient_ci_high",
+                    "delta_seed_sd", "seeds_same_sign", "per_seed_delta"]
 #: ``comparison_table`` adds these (provenance) after the settings columns.
 EXTRA_COLUMNS = ["run_id", "source", "synthetic", "fake", "seeds", "start_time", "experiment_id"]
 #: One setting = one row: the newest FINISHED run per key.
@@ -53,7 +55,12 @@ _METRICS = {  # column -> metric key
     "n_constant_models": keys.compare_metric("n_constant_models"),
     "n_unconverged_models": keys.compare_metric("n_unconverged_models"),
     **{k: keys.compare_metric(k) for k in keys.ATTRIBUTABLE_METRICS + keys.PER_HOSPITAL_WGA},
+    **{k: keys.compare_metric(k) for k in ("delta_patient_ci_low", "delta_patient_ci_high", "delta_seed_sd",
+                                           "seeds_same_sign")},
 }
+
+
+_SEED_DELTA = re.compile(re.escape(keys.COMPARE_PREFIX) + r"seed(\d+)/delta_wga")
 
 
 @contextmanager
@@ -151,6 +158,9 @@ def _rows(runs) -> list[dict]:
         }
         for col, key in _METRICS.items():
             row[col] = metrics.get(key, np.nan)
+        # each seed's delta, in seed order ("+0.012;-0.030;+0.005"), from compare/seed<k>/delta_wga
+        per_seed = sorted((int(m[1]), v) for k, v in metrics.items() if (m := _SEED_DELTA.fullmatch(k)))
+        row["per_seed_delta"] = ";".join(f"{v:+.3f}" for _, v in per_seed)
         if np.isnan(row["n_seeds"]) and seeds:
             row["n_seeds"] = len([s for s in seeds.split(",") if s.strip()])
         rows.append(row)

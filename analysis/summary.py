@@ -32,9 +32,10 @@ def headline(settings: pd.DataFrame) -> dict:
     helped_fraction_significant, n_settings, n_hurt, n_hurt_significant, n_helped_significant,
     mean_delta, median_delta}}``.
 
-    hurt: mean delta < 0; hurt significantly: the whole 95% CI is below 0 (``delta_ci_high < 0``);
-    helped significantly: the whole CI is above 0 (``delta_ci_low > 0``). A missing CI counts as
-    not significant. Balance modes come in protocol order (none, hospital_label, size_matched).
+    hurt: mean delta < 0; hurt significantly: the whole seed-aware 95% CI is below 0
+    (``delta_ci_high < 0``); helped significantly: the whole CI is above 0 (``delta_ci_low > 0``). A
+    missing CI counts as not significant. ``n_same_sign``: of the ``n_multi_seed`` settings compared
+    over several seeds, those whose every seed's delta has the same sign. Balance modes come in protocol order (none, hospital_label, size_matched).
     """
     out = {}
     if settings is None or settings.empty:
@@ -46,6 +47,8 @@ def headline(settings: pd.DataFrame) -> dict:
         n_hurt = int((d < 0).sum())
         n_hurt_sig = int((s["delta_ci_high"].astype(float) < 0).sum())
         n_help_sig = int((s["delta_ci_low"].astype(float) > 0).sum())
+        multi = s[s["n_seeds"].astype(float) > 1] if "n_seeds" in s else s.iloc[:0]
+        same = multi["seeds_same_sign"].astype(float) if "seeds_same_sign" in multi else pd.Series(dtype=float)
         out[bal] = {
             "n_settings": n,
             "n_hurt": n_hurt,
@@ -56,6 +59,8 @@ def headline(settings: pd.DataFrame) -> dict:
             "helped_fraction_significant": _fraction(n_help_sig, n),
             "mean_delta": float(d.mean()) if n else float("nan"),
             "median_delta": float(d.median()) if n else float("nan"),
+            # settings over several seeds whose per-seed deltas all lie on one side of 0
+            "n_multi_seed": int(len(multi)), "n_same_sign": int((same == 1).sum()),
         }
     return out
 
@@ -123,10 +128,12 @@ def headline_sentence(h: dict, balance: str = "none") -> str:
         return f"{100 * k / n:.0f}%" if n else "n/a"
 
     how = _HOW.get(balance, f" (balance={balance})")
+    same = (f"; {h['n_same_sign']} of {h['n_multi_seed']} kept one sign in every seed"
+            if h.get("n_multi_seed") else "")
     return (f"Adding a second hospital{how} lowered WGA in {h['n_hurt']} of {n} settings ({pct(h['n_hurt'])}); "
-            f"in {h['n_hurt_significant']} ({pct(h['n_hurt_significant'])}) the whole 95% CI was below 0, "
-            f"and in {h['n_helped_significant']} ({pct(h['n_helped_significant'])}) it was above 0 "
-            f"(mean change {h['mean_delta']:+.3f}).")
+            f"in {h['n_hurt_significant']} ({pct(h['n_hurt_significant'])}) the whole seed-aware 95% CI was below "
+            f"0, and in {h['n_helped_significant']} ({pct(h['n_helped_significant'])}) it was above 0 "
+            f"(mean change {h['mean_delta']:+.3f}{same}).")
 
 
 def as_metrics(head: dict, h2: pd.DataFrame | None = None) -> dict[str, float]:

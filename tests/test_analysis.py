@@ -252,7 +252,7 @@ def test_run_analysis_files_and_report(store, tmp_path):
     text = (out / "report.md").read_text()
     first = text.splitlines()[:4]
     assert any("WARNING: SYNTHETIC DATA" in line for line in first)
-    assert "Adding a second hospital lowered WGA in 2 of 4 settings (50%); in 1 (25%) the whole 95% CI was below 0" \
+    assert "Adding a second hospital lowered WGA in 2 of 4 settings (50%); in 1 (25%) the whole seed-aware 95% CI was below 0" \
         in text
     assert "43%" in text and "108" in text
     assert "worse than both in 1 (50%)" in text and "such settings exist" in text

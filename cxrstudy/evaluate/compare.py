@@ -3,8 +3,10 @@
 A setting is (base A, added B, label, balance). For each seed the model trained on A alone and
 the model trained on A+B (balanced as asked) are scored on A's and B's test splits; delta =
 WGA(A+B) - WGA(A) over the four (hospital, label value) groups. The setting is *hurt* when the
-mean delta over seeds is below 0; its 95% CI comes from a paired, patient-level bootstrap that
-resamples the shared test subjects once for every seed's pair of models.
+mean delta over seeds is below 0; its 95% CI is seed-aware: a paired, patient-level bootstrap that
+resamples the shared test subjects once for every seed's pair of models (test sampling), widened by
+the spread of the per-seed deltas (training randomness; see
+:func:`cxrstudy.evaluate.bootstrap.seed_aware_interval` and docs/PROTOCOL.md "Statistics").
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def pair_config(template: TrainConfig, setting: Setting, seed: int) -> TrainConf
 
 def compare_key(setting: Setting, seeds, single_hashes, pair_hashes, n_bootstrap: int) -> str:
     d = {"setting": dataclasses.asdict(setting), "seeds": list(seeds), "single": list(single_hashes),
-         "pair": list(pair_hashes), "n_bootstrap": n_bootstrap, "version": 3}
+         "pair": list(pair_hashes), "n_bootstrap": n_bootstrap, "version": 4}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -96,6 +98,12 @@ def worst_group_size(metrics: dict) -> int:
 def wga_at(metrics: dict, env: str) -> float:
     """The worst-group accuracy over one hospital's two groups, from ``evaluate_predictions``' result."""
     return float(min(metrics[f"{env}/tpr"], metrics[f"{env}/tnr"]))
+
+
+def same_sign(values) -> bool:
+    """Whether every value is on the same side of 0 (all < 0 or all > 0)."""
+    v = np.asarray(values, dtype=float)
+    return bool(len(v) and ((v < 0).all() or (v > 0).all()))
 
 
 def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Callable[[TrainConfig], dict], *,
@@ -133,6 +141,11 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
         "delta_wga": delta,
         "delta_ci_low": float(boot["low"]),
         "delta_ci_high": float(boot["high"]),
+        "delta_patient_ci_low": float(boot["patient_low"]),
+        "delta_patient_ci_high": float(boot["patient_high"]),
+        "delta_seed_sd": float(boot["seed_sd"]),
+        # every seed's delta on the same side of 0 (one seed: trivially)
+        "seeds_same_sign": int(same_sign([r["delta"] for r in per_seed])),
         "hurt": int(delta < 0),
         "n_seeds": len(seeds),
         # the size of each arm's worst group (smallest over seeds): how many images one WGA rests on
