@@ -262,7 +262,9 @@ def format_headline(result: dict, report_path: bool = True) -> str:
     s = result["hypothesis2_summary"]
     if s["n_settings"]:
         lines.append(f"[hypothesis 2] balanced model beat both in {s['n_balanced_beats_both']} of {s['n_settings']} "
-                     f"settings; worse than both in {s['n_balanced_worse_than_both']}")
+                     f"settings ({s['n_balanced_beats_both_significant']} with both CIs above 0); worse than both "
+                     f"in {s['n_balanced_worse_than_both']} ({s['n_balanced_worse_than_both_significant']} with both "
+                     f"CIs below 0)")
     if report_path:
         lines.append(f"report: {result['report']}")
     return "\n".join(lines)

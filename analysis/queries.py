@@ -33,7 +33,8 @@ SETTINGS_COLUMNS = ["base", "added", "label", "balance", "method", "shortcut_str
                     "delta_mean", "delta_ci_low", "delta_ci_high", "hurt", "worst_group_n_single",
                     "worst_group_n_pair", "n_constant_models", "n_unconverged_models", "attributable_delta", "attributable_ci_low",
                     "attributable_ci_high", *keys.PER_HOSPITAL_WGA, "delta_patient_ci_low", "delta_patient_ci_high",
-                    "delta_seed_sd", "seeds_same_sign", "per_seed_delta"]
+                    "delta_seed_sd", "seeds_same_sign", "per_seed_delta", "balanced_minus_pair",
+                    "balanced_minus_pair_ci_low", "balanced_minus_pair_ci_high"]
 #: ``comparison_table`` adds these (provenance) after the settings columns.
 EXTRA_COLUMNS = ["run_id", "source", "synthetic", "fake", "seeds", "start_time", "experiment_id"]
 #: One setting = one row: the newest FINISHED run per key.
@@ -56,7 +57,8 @@ _METRICS = {  # column -> metric key
     "n_unconverged_models": keys.compare_metric("n_unconverged_models"),
     **{k: keys.compare_metric(k) for k in keys.ATTRIBUTABLE_METRICS + keys.PER_HOSPITAL_WGA},
     **{k: keys.compare_metric(k) for k in ("delta_patient_ci_low", "delta_patient_ci_high", "delta_seed_sd",
-                                           "seeds_same_sign")},
+                                           "seeds_same_sign", "balanced_minus_pair", "balanced_minus_pair_ci_low",
+                                           "balanced_minus_pair_ci_high")},
 }
 
 

@@ -151,7 +151,9 @@ def _h2_section(h2: pd.DataFrame | None) -> list[str]:
             f"({_pct(s['n_balanced_beats_pair'], n)}; mean change {s['mean_balanced_minus_pair']:+.3f}). It beat "
             f"both the single-hospital and the unbalanced two-hospital model in {s['n_balanced_beats_both']} "
             f"({_pct(s['n_balanced_beats_both'], n)}) and was worse than both in "
-            f"{s['n_balanced_worse_than_both']} ({_pct(s['n_balanced_worse_than_both'], n)}). ")
+            f"{s['n_balanced_worse_than_both']} ({_pct(s['n_balanced_worse_than_both'], n)}). By the study's seed-aware "
+            f"rule (both 95% CIs on one side of 0) it beat both in {s['n_balanced_beats_both_significant']} and was "
+            f"worse than both in {s['n_balanced_worse_than_both_significant']}. ")
     if len(hurt):
         text += (f"Of the {len(hurt)} of these settings where adding the hospital hurt, balancing brought WGA back "
                  f"to at least the single-hospital level in {fixed} ({_pct(fixed, len(hurt))}). ")

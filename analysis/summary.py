@@ -19,8 +19,12 @@ PAPER_HURT_FRACTION = 0.43
 PAPER_N_SETTINGS = 108
 
 H2_COLUMNS = ["base", "added", "label", "source", "wga_single", "wga_pair", "wga_balanced",
-              "delta_pair", "delta_balanced", "balanced_minus_pair", "balanced_beats_pair",
-              "balanced_beats_both", "balanced_worse_than_both", "run_id_none", "run_id_balanced"]
+              "delta_pair", "delta_balanced", "balanced_minus_pair", "balanced_minus_pair_ci_low",
+              "balanced_minus_pair_ci_high", "balanced_beats_pair", "balanced_beats_both", "balanced_worse_than_both",
+              "balanced_beats_both_significant", "balanced_worse_than_both_significant", "run_id_none",
+              "run_id_balanced"]
+_H2_FLAGS = ("balanced_beats_pair", "balanced_beats_both", "balanced_worse_than_both",
+             "balanced_beats_both_significant", "balanced_worse_than_both_significant")
 
 
 def _fraction(k: int, n: int) -> float:
@@ -72,7 +76,10 @@ def hypothesis2_table(settings: pd.DataFrame, balanced: str = "hospital_label") 
     ``wga_single`` and ``wga_pair`` come from the unbalanced comparison, ``wga_balanced`` is the
     balanced comparison's two-hospital WGA. ``balanced_beats_both``: the balanced model's WGA is
     above both the single-hospital and the unbalanced pair model's; ``balanced_worse_than_both``:
-    below both (the paper reports such settings exist).
+    below both (the paper reports such settings exist). ``..._significant``: the same by the study's
+    seed-aware rule, i.e. the balanced comparison's CI (balanced pair vs single) and the CI of
+    balanced pair vs unbalanced pair (``balanced_minus_pair_ci_*``, logged by the balanced comparison)
+    both above 0 (or both below); False where that CI is missing.
     """
     if settings is None or settings.empty:
         return pd.DataFrame(columns=H2_COLUMNS)
@@ -87,6 +94,11 @@ def hypothesis2_table(settings: pd.DataFrame, balanced: str = "hospital_label") 
     single = a["wga_single"].astype(float).to_numpy()
     pair = a["wga_pair"].astype(float).to_numpy()
     balw = b["wga_pair"].astype(float).to_numpy()
+    def col(df, name):
+        return df[name].astype(float).to_numpy() if name in df else np.full(len(df), np.nan)
+
+    bmp_lo, bmp_hi = col(b, "balanced_minus_pair_ci_low"), col(b, "balanced_minus_pair_ci_high")
+    bal_lo, bal_hi = col(b, "delta_ci_low"), col(b, "delta_ci_high")
     out = pd.DataFrame({
         "wga_single": single,
         "wga_pair": pair,
@@ -94,9 +106,13 @@ def hypothesis2_table(settings: pd.DataFrame, balanced: str = "hospital_label") 
         "delta_pair": pair - single,
         "delta_balanced": balw - single,
         "balanced_minus_pair": balw - pair,
+        "balanced_minus_pair_ci_low": bmp_lo,
+        "balanced_minus_pair_ci_high": bmp_hi,
         "balanced_beats_pair": balw > pair,
         "balanced_beats_both": (balw > single) & (balw > pair),
         "balanced_worse_than_both": (balw < single) & (balw < pair),
+        "balanced_beats_both_significant": (bal_lo > 0) & (bmp_lo > 0),
+        "balanced_worse_than_both_significant": (bal_hi < 0) & (bmp_hi < 0),
         "run_id_none": a["run_id"].to_numpy() if "run_id" in a else None,
         "run_id_balanced": b["run_id"].to_numpy() if "run_id" in b else None,
     }, index=common).reset_index()
@@ -108,8 +124,8 @@ def hypothesis2_summary(h2: pd.DataFrame) -> dict:
     """Counts and shares of the hypothesis-2 flags."""
     n = len(h2)
     res = {"n_settings": n}
-    for flag in ("balanced_beats_pair", "balanced_beats_both", "balanced_worse_than_both"):
-        k = int(h2[flag].astype(bool).sum()) if n else 0
+    for flag in _H2_FLAGS:
+        k = int(h2[flag].astype(bool).sum()) if n and flag in h2 else 0
         res[f"n_{flag}"] = k
         res[f"{flag}_fraction"] = _fraction(k, n)
     res["mean_balanced_minus_pair"] = float(h2["balanced_minus_pair"].astype(float).mean()) if n else float("nan")
@@ -150,6 +166,6 @@ def as_metrics(head: dict, h2: pd.DataFrame | None = None) -> dict[str, float]:
     if h2 is not None and len(h2):
         s = hypothesis2_summary(h2)
         out["analysis/h2/n_settings"] = float(s["n_settings"])
-        for flag in ("balanced_beats_pair", "balanced_beats_both", "balanced_worse_than_both"):
+        for flag in _H2_FLAGS:
             out[f"analysis/h2/{flag}_fraction"] = float(s[f"{flag}_fraction"])
     return out

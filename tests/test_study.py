@@ -46,6 +46,9 @@ def check_grid_done_once(noise_floor: bool = False):
     d = compare["metrics.compare/delta_wga"]
     assert ((compare["metrics.compare/delta_ci_low"] <= d + 1e-9) & (d <= compare["metrics.compare/delta_ci_high"] + 1e-9)).all()
     assert ((d < 0).astype(float) == compare["metrics.compare/hurt"]).all()
+    # hypothesis 2 by the same rule: a balanced comparison also measures its model against the unbalanced pair
+    balanced = compare[compare["tags.balance"] == "hospital_label"]
+    assert len(balanced) == 2 and balanced["metrics.compare/balanced_minus_pair_ci_low"].notna().all()
 
 
 def test_main_through_mlflow_run_then_rerun_is_a_no_op(store):

@@ -107,10 +107,14 @@ def same_sign(values) -> bool:
 
 
 def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Callable[[TrainConfig], dict], *,
-            n_bootstrap: int = 1000, device: str = "auto") -> dict:
+            n_bootstrap: int = 1000, device: str = "auto",
+            trained: Callable[[TrainConfig], dict | None] | None = None) -> dict:
     """Train (or reuse) the models of a setting for every seed, evaluate, and summarise.
 
     ``train(cfg)`` returns a dict with ``run_id`` and ``model_uri`` (e.g. train_run.run_training).
+    ``trained(cfg)``: the same for a model that was already trained, else None; with it, a balanced
+    setting also gets ``balanced_minus_pair``, WGA(balanced pair) - WGA(unbalanced pair) with the same
+    seed-aware CI (hypothesis 2), when the unbalanced two-hospital models exist for every seed.
     """
     envs = [setting.base, setting.added]
     cache_dir = template.data.cache_dir
@@ -135,7 +139,18 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
         unconverged += [not r.get("converged", True) for r in (s_res, p_res)]
     boot = mean_delta_bootstrap(pairs, n_resamples=n_bootstrap, seed=0, expected_envs=envs)
     delta = float(np.mean([r["delta"] for r in per_seed]))
+    h2 = {}
+    if trained is not None and setting.balance != keys.BALANCE_NONE:
+        unbalanced = dataclasses.replace(setting, balance=keys.BALANCE_NONE)
+        found = [trained(pair_config(template, unbalanced, seed)) for seed in seeds]
+        if all(found):
+            frames = [cached_predictions(r["model_uri"], r["run_id"], envs, cache_dir, device) for r in found]
+            b2 = mean_delta_bootstrap([(f, p) for f, (_, p) in zip(frames, pairs)], n_resamples=n_bootstrap, seed=0,
+                                      expected_envs=envs)
+            h2 = {"balanced_minus_pair": float(b2["estimate"]), "balanced_minus_pair_ci_low": float(b2["low"]),
+                  "balanced_minus_pair_ci_high": float(b2["high"])}
     return {
+        **h2,
         "wga_single": float(np.mean([r["wga_single"] for r in per_seed])),
         "wga_pair": float(np.mean([r["wga_pair"] for r in per_seed])),
         "delta_wga": delta,

@@ -74,7 +74,9 @@ ANALYSIS_PREFIX = "analysis/"
 COMPARE_METRICS = ("wga_single", "wga_pair", "delta_wga", "delta_ci_low", "delta_ci_high", "hurt", "n_seeds",
                    "worst_group_n_single", "worst_group_n_pair", "n_constant_models", "n_unconverged_models",
                    # the seed-aware CI's two sources: test sampling alone, and the spread over seeds
-                   "delta_patient_ci_low", "delta_patient_ci_high", "delta_seed_sd", "seeds_same_sign")
+                   "delta_patient_ci_low", "delta_patient_ci_high", "delta_seed_sd", "seeds_same_sign",
+                   # a balanced setting: its two-hospital model against the unbalanced one (hypothesis 2)
+                   "balanced_minus_pair", "balanced_minus_pair_ci_low", "balanced_minus_pair_ci_high")
 # also under COMPARE_PREFIX: each arm's WGA over the base hospital's groups and over the added one's
 PER_HOSPITAL_WGA = ("wga_single_base", "wga_single_added", "wga_pair_base", "wga_pair_added")
 # logged on a synthetic comparison at strength s when the study also ran strength 0: the
