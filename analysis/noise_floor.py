@@ -8,49 +8,12 @@ Metrics: ``analysis/noise_floor/<name>``; table ``noise_floor.csv``; a report se
 
 from __future__ import annotations
 
-import mlflow
 import numpy as np
 import pandas as pd
 
-from cxrstudy.tracking import keys
 
-from .queries import gc_paused, seed_set
-
-NOISE_FLOOR_FILTER = f"tags.`{keys.ENTRY_TAG}` = '{keys.ENTRY_NOISE_FLOOR}' and attributes.status = 'FINISHED'"
-NOISE_FLOOR_COLUMNS = ["hospitals", "eval_hospitals", "label", "arm", "shortcut_strength", "seeds", "seeds_b",
-                       "delta_wga", "delta_ci_low", "delta_ci_high", "significant", "delta_seed_sd",
-                       "n_constant_models", "n_unconverged_models", "run_id"]
 #: The share of A/A comparisons a calibrated 95% rule calls significant.
 EXPECTED_FRACTION = 0.05
-
-
-def noise_floor_runs(experiment_ids, source: str | None = None, *, seeds=None, shortcut_strengths=None
-                     ) -> pd.DataFrame:
-    """The newest FINISHED A/A comparison per (configuration, seed sets, strength), optionally only
-    those over ``seeds`` (arm a) and at ``shortcut_strengths``."""
-    flt = NOISE_FLOOR_FILTER + (f" and tags.source = '{source}'" if source else "")
-    with gc_paused():
-        runs = mlflow.search_runs(experiment_ids=list(experiment_ids), filter_string=flt, output_format="list",
-                                  order_by=["attributes.start_time DESC"])
-    rows, seen = [], set()
-    for r in runs:
-        t, m = r.data.tags, r.data.metrics
-        strength = float(t[keys.SHORTCUT_STRENGTH_TAG]) if t.get(keys.SHORTCUT_STRENGTH_TAG) else np.nan
-        row = {"hospitals": t.get("hospitals", ""), "eval_hospitals": t.get("eval_hospitals", ""),
-               "label": t.get("label", ""), "arm": t.get("arm", ""), "shortcut_strength": strength,
-               "seeds": t.get(keys.SEEDS_TAG, ""), "seeds_b": t.get(keys.AA_SEEDS_TAG, ""), "run_id": r.info.run_id,
-               **{k: m.get(keys.NOISE_FLOOR_PREFIX + k, np.nan) for k in keys.NOISE_FLOOR_METRICS}}
-        key = (row["hospitals"], row["label"], row["seeds"], row["seeds_b"], row["eval_hospitals"], strength)
-        if key in seen:
-            continue
-        seen.add(key)
-        rows.append(row)
-    df = pd.DataFrame(rows, columns=NOISE_FLOOR_COLUMNS)
-    if seeds:
-        df = df[df["seeds"].map(seed_set) == seed_set(seeds)]
-    if shortcut_strengths:
-        df = df[df["shortcut_strength"].isna() | df["shortcut_strength"].isin([float(v) for v in shortcut_strengths])]
-    return df.reset_index(drop=True)
 
 
 def noise_floor_summary(runs: pd.DataFrame) -> dict:

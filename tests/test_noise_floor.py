@@ -33,7 +33,8 @@ def test_the_default_grid_has_twelve_aa_comparisons_whose_first_arm_is_the_study
 
 
 def test_analysis_counts_significant_aa_comparisons_of_its_own_seeds_and_strength(store):
-    from analysis.noise_floor import noise_floor_runs, noise_floor_summary
+    from analysis.noise_floor import noise_floor_summary
+    from analysis.queries import noise_floor_runs
 
     def log(hospitals, seeds, strength, lo, hi):
         tags = {keys.ENTRY_TAG: keys.ENTRY_NOISE_FLOOR, "hospitals": hospitals, "label": "Any", "arm": "pair",
