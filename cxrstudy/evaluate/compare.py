@@ -28,6 +28,7 @@ from cxrstudy.evaluate.metrics import evaluate_predictions
 from cxrstudy.evaluate.predict import predict_test
 from cxrstudy.labels import label_key
 from cxrstudy.tracking import keys
+from cxrstudy.train.balancing import BALANCE_NONE
 from cxrstudy.tracking.registry import load_trained
 from cxrstudy.train.config import TrainConfig, normalise_envs
 
@@ -140,8 +141,8 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
     boot = mean_delta_bootstrap(pairs, n_resamples=n_bootstrap, seed=0, expected_envs=envs)
     delta = float(np.mean([r["delta"] for r in per_seed]))
     h2 = {}
-    if trained is not None and setting.balance != keys.BALANCE_NONE:
-        unbalanced = dataclasses.replace(setting, balance=keys.BALANCE_NONE)
+    if trained is not None and setting.balance != BALANCE_NONE:
+        unbalanced = dataclasses.replace(setting, balance=BALANCE_NONE)
         found = [trained(pair_config(template, unbalanced, seed)) for seed in seeds]
         if all(found):
             frames = [cached_predictions(r["model_uri"], r["run_id"], envs, cache_dir, device) for r in found]

@@ -12,8 +12,7 @@ from cxrstudy.errors import UsageError
 from cxrstudy.hospitals import HOSPITALS, parse_envs
 from cxrstudy.labels import canonical_label, label_key
 from cxrstudy.params import as_bool, as_choice, as_float, as_int, given, optional
-from cxrstudy.tracking import keys
-from cxrstudy.train.balancing import parse_balance
+from cxrstudy.train.balancing import BALANCE_MODES, parse_balance
 from cxrstudy.train.models import BACKBONES, normalise_pretrained
 from cxrstudy.train.methods import all_hparam_names, get_method, parse_hparams
 from cxrstudy.train.presets import resolve_preset
@@ -80,8 +79,8 @@ class TrainConfig:
     method_hparams: tuple = ()
 
     def __post_init__(self):
-        if self.balance not in keys.BALANCE_MODES:
-            raise UsageError(f"unknown balance {self.balance!r}; expected one of: {', '.join(keys.BALANCE_MODES)}")
+        if self.balance not in BALANCE_MODES:
+            raise UsageError(f"unknown balance {self.balance!r}; expected one of: {', '.join(BALANCE_MODES)}")
         if self.balance != "none" and len(self.envs) < 2:
             raise UsageError(f"balance={self.balance} needs at least two training hospitals; got {','.join(self.envs)}")
         if self.backbone not in BACKBONES:
