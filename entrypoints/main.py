@@ -46,7 +46,7 @@ def main(argv=None) -> None:
     def body():
         from cxrstudy.tracking import runs as tracking
         from cxrstudy.train.balancing import parse_balance
-        from cxrstudy.train.config import config_from_params
+        from cxrstudy.train.config import config_from_params, for_method
         from cxrstudy.errors import UsageError
         from cxrstudy.hospitals import parse_envs
         from cxrstudy.labels import parse_labels
@@ -75,8 +75,9 @@ def main(argv=None) -> None:
         n_boot = as_int("n_bootstrap", raw["n_bootstrap"], lo=10, hi=100000)
         probe = as_bool("probe", raw["probe"])
         methods = parse_method_list(raw["methods"], given={k: v for k, v in raw.items() if optional(v)})
-        template = config_from_params({**raw, "envs": envs[0], "label": labels[0], "seed": "0", "balance": "none",
-                                       "method": methods[0]})
+        template = config_from_params({**for_method(raw, methods[0]), "envs": envs[0], "label": labels[0], "seed": "0",
+                                       "balance": "none", "method": methods[0]})
+        templates = method_templates(template, methods, raw)  # each method's hyperparameters, range-checked
         pick_device(raw["device"])
         strengths = None
         if optional(raw["shortcut_strengths"]):
@@ -87,7 +88,7 @@ def main(argv=None) -> None:
         launcher.check(tracking.setup())
         run_main(template, envs, labels, seeds, balances, workers=workers, n_bootstrap=n_boot, device=raw["device"],
                  probe=probe, launcher=launcher, analyze=run_analysis,
-                 methods=method_templates(template, methods, raw), strengths=strengths)
+                 methods=templates, strengths=strengths)
 
     cli.run(body)
 

@@ -9,16 +9,36 @@ from contextlib import contextmanager
 
 import torch
 
-from cxrstudy.errors import DataError
+from cxrstudy.errors import UsageError
+
+
+#: What ``device`` accepts; ``cuda:<n>`` names one GPU of those visible, ``mps`` Apple silicon's GPU.
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:<n> or mps"
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    name = str(name).strip().lower()
-    if name == "auto":
+    """The device ``name`` stands for, checked before any work: a name that is no device, or a device
+    this machine does not have (no CUDA, no GPU ``<n>``, no MPS), is one :class:`UsageError` line."""
+    text = str(name).strip().lower()
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError(f"device={name}: no CUDA device is available on this machine; use device=cpu or auto")
-    return torch.device(name)
+    if text == "cpu":
+        return torch.device("cpu")
+    kind, _, index = text.partition(":")
+    if kind == "cuda" and (not index or index.isdigit()):
+        if not torch.cuda.is_available():
+            raise UsageError(f"parameter device={name!r}: no CUDA device is available on this machine; "
+                             "use device=cpu or auto")
+        if index and int(index) >= torch.cuda.device_count():
+            raise UsageError(f"parameter device={name!r}: this machine has {torch.cuda.device_count()} visible "
+                             f"CUDA device(s), cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        return torch.device(text)
+    if text == "mps":  # Apple silicon: accepted where PyTorch has it, as before; elsewhere one line
+        if not torch.backends.mps.is_available():
+            raise UsageError(f"parameter device={name!r}: no MPS device (Apple silicon) is available on this "
+                             "machine; use device=cpu or auto")
+        return torch.device("mps")
+    raise UsageError(f"parameter device={name!r} is not a device; expected one of: {DEVICE_CHOICES}")
 
 
 def prepare_input(x_u8: torch.Tensor, device: torch.device) -> torch.Tensor:

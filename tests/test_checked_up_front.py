@@ -1,0 +1,178 @@
+"""Checked up front, one line, no run (issue 22 items 13-18): the device, disk and memory a job
+needs, a missing dataset folder, a method's own hyperparameters in a study of several methods,
+negative and non-finite numbers as ``mlflow run`` passes them, and the check that runs before
+``mlflow run`` talks to a tracking server."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import mlflow
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--envs", "cxp,nih", "--label", "any", "--preset", "cpu", "--image_size", "32", "--backbone", "smallcnn",
+        "--synthetic_patients", "100", "--batch_size", "8", "--eval_every", "2", "--max_steps", "4"]
+
+
+def entry(name: str):
+    spec = importlib.util.spec_from_file_location(f"entry_{name}", ROOT / "entrypoints" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_entry(name, argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        entry(name).main(argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if not ln.startswith("preset=auto")]
+    return e.value.code, lines
+
+
+def no_run_and_no_cache(cache: Path) -> bool:
+    made = list(cache.rglob("*")) if cache.is_dir() else []
+    return not made and mlflow.search_runs(search_all_experiments=True).empty
+
+
+# ------------------------------------------------------------------------------ 13: the device
+
+
+@pytest.mark.parametrize("device,message", [
+    ("weird", "device='weird' is not a device; expected one of: auto, cpu, cuda"),
+    ("gpu", "device='gpu' is not a device"),
+    ("cuda:x", "device='cuda:x' is not a device"),
+])
+def test_a_device_that_is_no_device_is_one_line_exit_2(store, tmp_path, capsys, device, message):
+    for name, argv in (("train", TINY), ("main", ["--envs", "cxp,nih", "--preset", "cpu"])):
+        code, lines = run_entry(name, [*argv, "--device", device, "--cache_dir", str(tmp_path / "cache")], capsys)
+        assert code == 2 and len(lines) == 1 and message in lines[0], (name, lines)
+    assert no_run_and_no_cache(tmp_path / "cache")
+
+
+def test_a_device_this_machine_lacks_is_one_line_exit_2_before_any_work(store, tmp_path, capsys):
+    import torch
+
+    missing = [] if torch.backends.mps.is_available() else ["mps"]
+    if not torch.cuda.is_available():
+        missing.append("cuda")
+    missing.append(f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}")
+    for device in missing:
+        code, lines = run_entry("train", [*TINY, "--device", device, "--cache_dir", str(tmp_path / "cache")], capsys)
+        assert code == 2 and len(lines) == 1 and f"device={device!r}" in lines[0], lines
+        assert "not available" in lines[0] or "visible" in lines[0] or "no " in lines[0], lines
+    assert no_run_and_no_cache(tmp_path / "cache")
+
+
+def test_pick_device_accepts_what_exists():
+    import torch
+
+    from cxrstudy.train.device import pick_device
+
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device(" CPU ") == torch.device("cpu")
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        assert pick_device("cuda:0") == torch.device("cuda:0")
+
+
+# ---------------------------------------------------------------- 15: a missing dataset folder
+
+
+def test_preprocess_of_a_missing_data_root_creates_no_run(store, tmp_path, capsys):
+    code, lines = run_entry("preprocess", ["--source", "real", "--data_root", str(tmp_path / "nonexistent"),
+                                           "--envs", "nih,cxp", "--cache_dir", str(tmp_path / "cache")], capsys)
+    assert code == 1 and len(lines) == 1, lines
+    assert "folder for hospital 'nih' not found" in lines[0]
+    assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+def test_preprocess_of_a_missing_per_hospital_root_creates_no_run(store, tmp_path, capsys):
+    from realdata_fixtures import make_data_root
+
+    root = make_data_root(tmp_path)["data_root"]
+    code, lines = run_entry("preprocess", ["--source", "real", "--data_root", str(root), "--envs", "nih,pad",
+                                           "--roots", f"pad={tmp_path / 'no-pad'}"], capsys)
+    assert code == 1 and len(lines) == 1 and "folder for hospital 'pad' not found" in lines[0], lines
+    assert mlflow.search_runs(search_all_experiments=True).empty
+
+
+# ------------------------------------------------- 16: each method's hyperparameters in a study
+
+
+def _study_templates(monkeypatch, argv):
+    """Run main's parameter handling for real; capture what it would hand to the study."""
+    import cxrstudy.runs.study as study
+
+    seen = {}
+
+    def capture(template, envs, labels, seeds, balances, **kw):
+        seen.update(kw, template=template)
+
+    monkeypatch.setattr(study, "run_main", capture)
+    entry("main").main(argv)
+    return seen
+
+
+def test_a_method_hyperparameter_applies_to_its_method_in_a_multi_method_study(store, monkeypatch, tiny_main_argv):
+    seen = _study_templates(monkeypatch, tiny_main_argv("--methods", "erm,groupdro,jtt", "--groupdro_eta", "0.1",
+                                                        "--jtt_steps", "20"))
+    t = seen["methods"]
+    assert list(t) == ["erm", "groupdro", "jtt"]
+    assert t["erm"].hparams == {} and seen["template"].method == "erm"
+    assert t["groupdro"].hparams == {"groupdro_eta": 0.1}
+    assert t["jtt"].hparams["jtt_steps"] == 20 and t["jtt"].hparams["jtt_lambda"] == 20.0  # the default
+    # the first method may be the one with the hyperparameter too
+    seen = _study_templates(monkeypatch, tiny_main_argv("--methods", "groupdro,erm", "--groupdro_eta", "0.1"))
+    assert seen["template"].hparams == {"groupdro_eta": 0.1} and seen["methods"]["erm"].hparams == {}
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--methods", "erm,groupdro", "--jtt_lambda", "5"], "jtt_lambda='5' belongs to method jtt, which is not in "
+                                                        "methods=erm,groupdro"),
+    (["--methods", "erm,groupdro", "--groupdro_eta", "50"], "groupdro_eta='50' is out of range"),
+    (["--methods", "erm", "--groupdro_eta", "0.1"], "belongs to method groupdro, which is not in methods=erm"),
+])
+def test_a_hyperparameter_of_no_requested_method_is_still_refused(store, tmp_path, capsys, tiny_main_argv, extra,
+                                                                  message):
+    code, lines = run_entry("main", tiny_main_argv(*extra), capsys)
+    assert code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert no_run_and_no_cache(tmp_path / "cache")
+
+
+# ------------------------------------------------------ 17: negative and non-finite numbers
+
+
+@pytest.mark.parametrize("value,message", [
+    ("-1e-3", "parameter lr='-1e-3' is out of range; expected > 0.0 and <= 10.0"),
+    ("-0.001", "parameter lr='-0.001' is out of range; expected > 0.0"),
+    ("-inf", "parameter lr='-inf' is not a finite number"),
+    ("nan", "parameter lr='nan' is not a finite number; expected > 0.0 and <= 10.0"),
+    ("inf", "parameter lr='inf' is not a finite number"),
+])
+def test_lr_as_mlflow_run_passes_it_gets_our_one_line(store, tmp_path, capsys, value, message):
+    # `mlflow run . -e train -P lr=-1e-3` runs `python entrypoints/train.py ... --lr -1e-3`: two tokens
+    code, lines = run_entry("train", [*TINY, "--lr", value, "--cache_dir", str(tmp_path / "cache")], capsys)
+    assert code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert no_run_and_no_cache(tmp_path / "cache")
+
+
+def test_a_value_that_starts_with_a_dash_reaches_its_parameter():
+    from cxrstudy.runs import cli
+    from cxrstudy.train.config import TRAIN_PARAMS
+
+    raw = cli.parse(TRAIN_PARAMS, ["--lr", "-1e-3", "--weight_decay", "-5", "--shortcut_strength", "-.5",
+                                   "--label", "any"])
+    assert (raw["lr"], raw["weight_decay"], raw["shortcut_strength"], raw["label"]) == ("-1e-3", "-5", "-.5", "any")
+    assert cli.parse(TRAIN_PARAMS, ["--lr=-2e-3"])["lr"] == "-2e-3"
+    with pytest.raises(SystemExit):  # an undeclared option is still refused
+        cli.parse(TRAIN_PARAMS, ["--learning_rate", "-1"])
+
+
+@pytest.mark.parametrize("name,value", [("augment_strength", "nan"), ("weight_decay", "inf"),
+                                        ("shortcut_strength", "nan"), ("weight_decay", "-1e-3")])
+def test_other_numbers_refuse_nan_inf_and_negatives_in_one_line(store, tmp_path, capsys, name, value):
+    code, lines = run_entry("train", [*TINY, f"--{name}", value, "--cache_dir", str(tmp_path / "cache")], capsys)
+    assert code == 2 and len(lines) == 1 and f"parameter {name}={value!r}" in lines[0], lines
+    assert "None" not in lines[0] and ("not a finite number" in lines[0] or "out of range" in lines[0]), lines
