@@ -176,3 +176,86 @@ def test_other_numbers_refuse_nan_inf_and_negatives_in_one_line(store, tmp_path,
     code, lines = run_entry("train", [*TINY, f"--{name}", value, "--cache_dir", str(tmp_path / "cache")], capsys)
     assert code == 2 and len(lines) == 1 and f"parameter {name}={value!r}" in lines[0], lines
     assert "None" not in lines[0] and ("not a finite number" in lines[0] or "out of range" in lines[0]), lines
+
+
+# ------------------------------------------------------------------------ 14: disk and memory
+
+
+def test_preprocess_refuses_a_cache_larger_than_the_disk_naming_both_figures(store, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    code, lines = run_entry("preprocess", ["--synthetic_patients", "10000000", "--image_size", "1024",
+                                           "--cache_dir", str(cache)], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert "TiB of disk under cache_dir=" + str(cache) in lines[0] and " free" in lines[0], lines
+    assert "images of 1024x1024 px" in lines[0]
+    assert no_run_and_no_cache(cache)
+
+
+def test_main_counts_every_shortcut_strength_against_the_disk(store, tmp_path, capsys):
+    # 1024 px images of 1M patients on cxp+nih: ~4 TiB per strength
+    argv = ["--envs", "cxp,nih", "--preset", "cpu", "--image_size", "1024", "--synthetic_patients", "1000000",
+            "--cache_dir", str(tmp_path / "cache")]
+
+    def images(lines):
+        return int(lines[0].split("(")[1].split(" images")[0].replace(",", ""))
+
+    code, three = run_entry("main", [*argv, "--shortcut_strengths", "0,0.5,1"], capsys)
+    assert code == 2 and len(three) == 1 and "TiB of disk under cache_dir=" in three[0], three
+    code, one = run_entry("main", argv, capsys)
+    assert code == 2 and len(one) == 1 and "TiB of disk under cache_dir=" in one[0], one
+    assert images(three) == 3 * images(one) > 3_000_000
+    assert no_run_and_no_cache(tmp_path / "cache")
+
+
+def test_train_refuses_a_batch_larger_than_memory_naming_both_figures(store, tmp_path, capsys):
+    code, lines = run_entry("train", [*TINY[:-6], "--image_size", "1024", "--batch_size", "65536", "--max_steps", "4",
+                                      "--cache_dir", str(tmp_path / "cache")], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert "batch_size=65536 at image_size=1024 needs ~2.1 TiB of memory" in lines[0] and "available" in lines[0]
+    assert no_run_and_no_cache(tmp_path / "cache")
+
+
+def test_check_batch_fits_compares_the_input_tensors_with_the_memory_there():
+    import torch
+
+    from cxrstudy.errors import UsageError
+    from cxrstudy.train.device import BATCH_BYTES_PER_PIXEL, check_batch_fits
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    need = 128 * 224 * 224 * BATCH_BYTES_PER_PIXEL  # the paper's batch: ~208 MiB (218,365,952 bytes)
+    check_batch_fits(128, 224, cpu, ram=need)
+    with pytest.raises(UsageError, match=r"batch_size=128 at image_size=224 needs ~208\.2 MiB of memory.*"
+                                         r"208\.2 MiB available"):
+        check_batch_fits(128, 224, cpu, ram=need - 1)
+    check_batch_fits(128, 224, cuda, ram=128 * 224 * 224 * 2, gpu=need)  # on CUDA the host holds the uint8 batch
+    with pytest.raises(UsageError, match="of GPU memory .* free on cuda"):
+        check_batch_fits(128, 224, cuda, ram=need, gpu=need - 1)
+    with pytest.raises(UsageError, match="of memory for one batch"):
+        check_batch_fits(128, 224, cuda, ram=128 * 224 * 224 * 2 - 1, gpu=need)
+    from cxrstudy.train.device import available_memory
+
+    assert available_memory() is None or available_memory() > 0
+
+
+def test_cache_need_counts_what_is_still_to_build(store, tmp_path, monkeypatch):
+    import cxrstudy.data.dataspec as dataspec
+    from cxrstudy.data.dataspec import DataSpec, check_cache_fits
+    from cxrstudy.data.synthetic import SyntheticConfig
+    from cxrstudy.errors import UsageError
+
+    spec = DataSpec(image_size=16, cache_dir=str(tmp_path / "cache"), synthetic=SyntheticConfig(n_patients=2000))
+    images, need = spec.cache_need(["cxp", "nih"])
+    assert need == images * 16 * 16 and spec.cache_need(["cxp", "nih"], exact=True) == (images, need)
+    drawn = len(spec.table("cxp")) + len(spec.table("nih"))
+    assert abs(images - drawn) < 0.05 * drawn  # the estimate from the patient count
+    monkeypatch.setattr(dataspec, "free_disk", lambda path: need - 1)
+    monkeypatch.setattr("cxrstudy.data.cache.free_disk", lambda path: need - 1)
+    with pytest.raises(UsageError, match=r"needs ~.* of disk under cache_dir=.*cache"):
+        check_cache_fits([spec], ["cxp", "nih"])
+    for split in ("train", "val", "test"):
+        spec.entry("cxp", split, progress=False)
+    assert spec.cache_need(["cxp"], exact=True) == (0, 0)  # built: a rerun on a full disk is not refused
+    assert spec.cache_need(["cxp"])[0] == len(spec.table("cxp"))
+    check_cache_fits([spec], ["cxp"])
+    nih = len(spec.table("nih"))
+    assert spec.cache_need(["cxp", "nih"], exact=True) == (nih, nih * 256)
