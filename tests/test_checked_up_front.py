@@ -6,6 +6,15 @@ negative and non-finite numbers as ``mlflow run`` passes them, and the check tha
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -259,3 +268,82 @@ def test_cache_need_counts_what_is_still_to_build(store, tmp_path, monkeypatch):
     check_cache_fits([spec], ["cxp"])
     nih = len(spec.table("nih"))
     assert spec.cache_need(["cxp", "nih"], exact=True) == (nih, nih * 256)
+
+
+# ------------------------------------------- 18: the tracking server, before `mlflow run` starts
+
+
+@contextmanager
+def health_server():
+    """An HTTP server on 127.0.0.1 that answers ``/health`` with 200 (what the check asks)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def closed_port_uri() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"  # nothing listens there once the socket is closed
+
+
+def check_env(uri: str) -> dict:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT)}
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        env.pop(var, None)
+    return env
+
+
+def test_the_check_runs_the_command_only_when_the_server_answers(tmp_path):
+    marker = tmp_path / "ran"
+    command = [sys.executable, "-m", "cxrstudy.tracking.server", sys.executable, "-c",
+               f"open({str(marker)!r}, 'w').write('x'); raise SystemExit(3)"]
+    uri = closed_port_uri()
+    t0 = time.monotonic()
+    p = subprocess.run(command, env=check_env(uri), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - t0
+    assert p.returncode == 1 and not marker.exists(), p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: MLflow tracking server {uri} is unreachable"), lines
+    assert took < 10, took
+    with health_server() as uri:
+        p = subprocess.run(command, env=check_env(uri), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 3 and marker.read_text() == "x", p.stderr  # the command ran, its exit code is ours
+    p = subprocess.run([sys.executable, "-m", "cxrstudy.tracking.server", "no-such-command-cxrstudy"],
+                       env=check_env("sqlite:///x.db"), cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 127 and "cannot run 'no-such-command-cxrstudy'" in p.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_targets_that_start_mlflow_run_stop_in_seconds_on_a_server_that_is_down(tmp_path):
+    makefile = (ROOT / "Makefile").read_text()
+    targets = re.findall(r"^(\w+):.*\n((?:\t.*\n)+)", makefile, flags=re.M)
+    starting = [name for name, recipe in targets if "mlflow run" in recipe]
+    assert {"demo", "bench"} <= set(starting)
+    uri = closed_port_uri()
+    for name in starting:
+        t0 = time.monotonic()
+        # -o: take the virtual environment as set up; PY: this interpreter
+        p = subprocess.run(["make", "-o", ".venv/.installed", name, f"PY={sys.executable}"], env=check_env(uri),
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+        took = time.monotonic() - t0
+        assert p.returncode != 0 and "Traceback" not in p.stderr, (name, p.stderr[-2000:])
+        assert f"error: MLflow tracking server {uri} is unreachable" in p.stderr, (name, p.stderr[-2000:])
+        assert took < 15, (name, took)
