@@ -107,16 +107,15 @@ class DataSpec:
         return build_entry(source, self.rows(env, split), split, self.image_size, self.cache_dir,
                            workers=workers, progress=progress)
 
-
     def cache_need(self, envs, *, exact: bool = False) -> tuple[int, int]:
         """``(images, bytes)`` of the image cache of ``envs`` (every split) at this spec's size.
         Rough (default): every image, built or not; a synthetic hospital is estimated from its patient
         count (:meth:`SyntheticSource.expected_images`: drawing the table of millions of patients
         takes minutes). ``exact``: only the entries not built yet, row by row; a synthetic hospital
         with no entry at this size stays estimated (nothing of it is built)."""
-        images = 0
         if self.source == "metadata":  # label tables only: nothing is cached
             return 0, 0
+        images = 0
         for env in envs:
             source = self.open(env)
             if not source.has_images:

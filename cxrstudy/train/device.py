@@ -1,4 +1,5 @@
-"""The compute device: pick one (a clear error before any work when it does not exist), move a
+"""The compute device: pick one (a clear error before any work when it does not exist), check that
+a training batch fits in its memory (:func:`check_batch_fits`), move a
 uint8 batch onto it as [0, 1] floats, the mixed precision used there (bf16 on CUDA, none on CPU),
 and the settings that make a training the same however many run beside it (:func:`reproducible`)."""
 
@@ -11,7 +12,6 @@ import torch
 
 from cxrstudy.data.cache import human_bytes
 from cxrstudy.errors import UsageError
-
 
 #: What ``device`` accepts; ``cuda:<n>`` names one GPU of those visible, ``mps`` Apple silicon's GPU.
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:<n> or mps"
@@ -44,8 +44,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 #: Bytes one pixel of a training batch's input takes, at the least: the uint8 batch, its float32
 #: copy and the float32 3-channel copy the network normalises (:mod:`cxrstudy.train.models`);
-#: doubled for augmentation's copies. Activations come on top, so a batch refused by
-#: :func:`check_batch_fits` can never fit, and one accepted still may not.
+#: doubled for augmentation's copies. Activations come on top: a batch that
+#: :func:`check_batch_fits` refuses cannot fit, and one it accepts still may not.
 BATCH_BYTES_PER_PIXEL = 2 * (1 + 4 + 4 * 3)
 
 
