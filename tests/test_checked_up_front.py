@@ -167,6 +167,16 @@ def test_lr_as_mlflow_run_passes_it_gets_our_one_line(store, tmp_path, capsys, v
     assert no_run_and_no_cache(tmp_path / "cache")
 
 
+def test_a_negative_lr_through_mlflow_run_gets_our_one_line(store, tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local", "-e", "train",
+           "-P", "preset=cpu", "-P", "lr=-1e-3", "-P", f"cache_dir={tmp_path / 'cache'}"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "error: parameter lr='-1e-3' is out of range; expected > 0.0 and <= 10.0" in out.stderr, out.stderr[-3000:]
+    assert "expected one argument" not in out.stderr
+
+
 def test_a_value_that_starts_with_a_dash_reaches_its_parameter():
     from cxrstudy.runs import cli
     from cxrstudy.train.config import TRAIN_PARAMS
