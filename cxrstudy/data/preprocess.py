@@ -12,6 +12,7 @@ from cxrstudy.data.dataspec import DataSpec
 from cxrstudy.data.split import SPLITS
 from cxrstudy.data.stats import dataset_stats
 from cxrstudy.errors import DataError
+from cxrstudy.hospitals import canonical_hospital
 
 
 @dataclass
@@ -48,6 +49,15 @@ def relative_to_root(paths: pd.Series, root: str | None) -> pd.Series:
         return os.path.basename(p) if os.path.isabs(p) else p
 
     return paths.astype(str).map(rel)
+
+
+def check_sources(spec: DataSpec, envs: list[str]) -> None:
+    """Open every hospital's source before any run is created: a missing dataset folder or label
+    file is one :class:`DataError` line. Metadata mode's mimic (not shipped) is left to
+    :func:`preprocess`, which skips it with a note."""
+    for env in envs:
+        if not (spec.source == "metadata" and canonical_hospital(env) == "mimic"):
+            spec.open(env)
 
 
 def preprocess(spec: DataSpec, envs: list[str], *, workers: int | None = None, progress: bool = True,

@@ -196,6 +196,14 @@ def with_method(cfg: TrainConfig, method: str, raw: dict | None = None) -> Train
     return dataclasses.replace(cfg, method=method, method_hparams=tuple(sorted(parse_hparams(method, own).items())))
 
 
+def for_method(raw: dict, method: str) -> dict:
+    """``raw`` with the hyperparameters of every other method blanked. In a study of several methods
+    (``main -P methods=erm,groupdro -P groupdro_eta=0.1``) each method takes its own: the template
+    of ``method`` is built from this, and :func:`with_method` gives every other method its values."""
+    mine = get_method(method).HPARAMS
+    return {k: ("" if k in all_hparam_names() and k not in mine else v) for k, v in raw.items()}
+
+
 def method_from_params(raw: dict) -> dict:
     """``method`` and ``method_hparams`` from raw parameters: a hyperparameter of another method,
     an unknown one or one out of its range is a one-line UsageError."""
