@@ -136,6 +136,7 @@ def run_main(template: TrainConfig, envs: list[str], labels: list[str], seeds: l
                 # and this study's seeds: a one-seed study next to a three-seed one reads its own seed
                 summary = analyze(experiment_ids=[exp_id], source=template.data.source, shortcut_strengths=used,
                                   seeds=seeds)
+                tracking.mark_synthetic(summary["synthetic"])  # like every other run (and the analyze entry point)
             mlflow.log_metrics({k: v for k, v in _flat_headline(summary).items()})
     return {"run_id": pid, "settings": results, "analysis": summary}
 
