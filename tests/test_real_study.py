@@ -156,14 +156,25 @@ def _forbidden_strings(study) -> set[str]:
     return {s for s in out if s not in ("", "/")}
 
 
+#: how each dataset writes a subject id into its image paths (the patient folder or file name)
+PATH_FORMS = {"cxp": lambda sid: f"patient{int(sid):05d}/", "nih": lambda sid: f"{int(sid):08d}_",
+              "mimic": lambda sid: f"/p{sid}/", "pad": lambda sid: None}
+
+
 def _subject_patterns(study) -> dict[str, re.Pattern]:
-    """The generated patients' subject ids, also as NIH writes them in file names (zero-padded to 8)."""
+    """Every subject of the study's hospitals, as its id (when it is long enough to search for: the
+    generated patients' ids all are) and as its dataset writes it into image paths."""
     pats = {}
     for env in ENVS:
-        for sid in study["data"][env].extra["generated_subjects"]:
-            forms = {sid, sid.zfill(8)}
-            pats[sid] = re.compile("|".join(rf"(?<![0-9]){re.escape(f)}(?![0-9])" for f in forms))
-    assert len(pats) == N_PATIENTS * len(ENVS)
+        info = study["data"][env]
+        assert info.extra["generated_subjects"] <= info.subjects
+        for sid in info.subjects:
+            forms = [re.escape(f) for f in [PATH_FORMS[env](sid)] if f]
+            if len(sid) >= 5:
+                forms.append(rf"(?<![0-9]){re.escape(sid)}(?![0-9])")
+            if forms:  # PadChest's hand-written ids ("pat1") are too short to search for and in no path
+                pats[f"{env} {sid}"] = re.compile("|".join(forms))
+    assert sum(len(study["data"][env].extra["generated_subjects"]) for env in ENVS) == N_PATIENTS * len(ENVS)
     return pats
 
 
