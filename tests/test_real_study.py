@@ -14,9 +14,11 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from analysis.report import SYNTHETIC_WARNING
 from cxrstudy.data.dataspec import DataSpec
 from cxrstudy.tracking import keys
 from cxrstudy.tracking.runs import SYNTHETIC_BANNER
@@ -99,8 +101,11 @@ def test_the_report_and_headline_say_the_data_are_real(study, tmp_path):
     assert {"report.md", "settings.csv"} <= names and any(n.endswith(".png") for n in names)
     report = Path(mlflow.artifacts.download_artifacts(run_id=analyze.run_id, artifact_path="report.md",
                                                       dst_path=str(tmp_path))).read_text()
-    assert "source: real" in report and "synthetic" not in report.lower(), report[:2000]
+    assert "source: real" in report and "SYNTHETIC" not in report and SYNTHETIC_WARNING not in report, report[:2000]
     assert "## " in report and "WGA" in report
+    settings = pd.read_csv(mlflow.artifacts.download_artifacts(
+        run_id=analyze.run_id, artifact_path="settings_provenance.csv", dst_path=str(tmp_path)))
+    assert len(settings) == 2 and set(settings["source"]) == {"real"} and not settings["synthetic"].any()
     # the headline, as main prints it: one line per balance mode, no synthetic banner anywhere
     assert "[balance=none] Adding a second hospital lowered WGA in" in study["stdout"]
     assert "of 2 settings" in study["stdout"]
