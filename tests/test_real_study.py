@@ -48,6 +48,22 @@ def test_the_readme_names_the_command_this_test_runs():
     assert named == dict(zip((a[2:] for a in argv[::2]), argv[1::2]))
 
 
+def test_too_few_patients_is_one_line_before_any_run(store, tmp_path, capsys):
+    """The hand-written rows alone (a few patients per hospital) leave splits without a label value:
+    main says which, in one line, before it opens a run or builds a cache."""
+    import main as main_entry
+
+    data = make_trainable_data_root(tmp_path, envs=ENVS, n_patients=0)
+    with pytest.raises(SystemExit) as e:
+        main_entry.main(study_argv(data["data_root"]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and len(err) == 1, err
+    assert err[0].startswith("error: the study cannot train and score every setting: ")
+    assert re.search(r"(cxp|pad) (val|test) has no (positives|negatives) for Any", err[0]), err[0]
+    assert mlflow.search_runs(search_all_experiments=True).empty
+    assert not any((tmp_path / "cache").rglob("manifest.json"))  # no cache entry built
+
+
 @pytest.fixture(scope="module")
 def study(module_store):
     import main as main_entry
@@ -55,8 +71,11 @@ def study(module_store):
     _, folder = module_store
     data = make_trainable_data_root(folder, envs=ENVS, n_patients=N_PATIENTS)
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        main_entry.main(study_argv(data["data_root"]))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main_entry.main(study_argv(data["data_root"]))
+    except SystemExit as e:  # a failed step: show what main said
+        raise AssertionError(f"main exited {e.code}:\n{err.getvalue()[-3000:]}") from None
     runs = mlflow.search_runs(search_all_experiments=True)
     return {"data": data, "folder": folder, "stdout": out.getvalue(), "stderr": err.getvalue(), "runs": runs}
 
