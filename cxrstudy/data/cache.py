@@ -24,7 +24,7 @@ import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -50,6 +50,12 @@ class CacheEntry:
     @property
     def size(self) -> int:
         return int(self.manifest["size"])
+
+    @property
+    def place(self) -> str:
+        """Where the entry lies inside the cache folder (``<kind>/<env>/<split>-<size>px-<key>``):
+        what tracked records name instead of this machine's cache path."""
+        return PurePosixPath(*Path(self.path).parts[-3:]).as_posix()
 
     def images(self) -> np.memmap:
         """The (n_slots, size, size) uint8 array, opened read-only (cheap; pages load on demand)."""

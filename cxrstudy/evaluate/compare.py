@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from cxrstudy.errors import UsageError
+from cxrstudy.errors import DataError, UsageError
 from cxrstudy.evaluate.bootstrap import mean_delta_bootstrap
 from cxrstudy.evaluate.metrics import evaluate_predictions
 from cxrstudy.evaluate.predict import predict_test
@@ -128,8 +128,11 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
         df_s = cached_predictions(s_res["model_uri"], s_res["run_id"], envs, cache_dir, device)
         df_p = cached_predictions(p_res["model_uri"], p_res["run_id"], envs, cache_dir, device)
         pairs.append((df_s, df_p))
-        ms = evaluate_predictions(df_s, expected_envs=envs)
-        mp = evaluate_predictions(df_p, expected_envs=envs)
+        try:
+            ms = evaluate_predictions(df_s, expected_envs=envs)
+            mp = evaluate_predictions(df_p, expected_envs=envs)
+        except ValueError as e:  # a hospital without positives or negatives for this label
+            raise DataError(f"test split, label {setting.label!r}: {e}") from None
         per_seed.append({"seed": seed, "wga_single": ms["wga"], "wga_pair": mp["wga"],
                          "group_single": ms["wga_group"], "group_pair": mp["wga_group"],
                          "n_group_single": worst_group_size(ms), "n_group_pair": worst_group_size(mp),
