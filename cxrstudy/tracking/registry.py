@@ -196,7 +196,7 @@ def restore_version_metadata(name: str, version: int) -> list[str]:
             client.update_model_version(name, str(version), description=description)
             fixed.append("description")
     versions = client.search_model_versions(f"name = '{name}'")
-    held = {a: int(v.version) for v in versions for a in v.aliases}
+    held = {a: int(v) for a, v in (client.get_registered_model(name).aliases or {}).items()}
     seed = mv.tags.get("seed", "")
     if seed.isdigit():
         newest = max(int(v.version) for v in versions
