@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 from realdata_fixtures import make_data_root
 
@@ -137,9 +138,8 @@ def test_a_truncated_local_checkpoint_without_a_server_copy_trains_from_the_star
         run_training(cfg, progress=False)
     undo()
     (dead,) = _runs("attributes.status != 'FINISHED'")
-    from cxrstudy.runs.train import delete_server_checkpoints
-
-    assert delete_server_checkpoints(cfg.content_hash(), dead.info.run_id) == [dead.info.run_id]  # no server copy
+    get_artifact_repository(dead.info.artifact_uri).delete_artifacts(CHECKPOINT_ARTIFACT_DIR)  # no server copy
+    assert _checkpoints_on_server(dead.info.run_id) == []
     last = checkpoint_dir(cfg) / "last.pt"
     last.write_bytes(last.read_bytes()[:1000])
     capsys.readouterr()
