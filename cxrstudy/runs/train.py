@@ -6,9 +6,11 @@ unless forced, returns it without training (so is a run whose registered model v
 whatever its status). Otherwise it takes the configuration's lock file, waiting while another
 process or machine trains the same configuration, marks RUNNING runs left by dead processes
 FAILED, and trains, resuming from the local
-checkpoint of an earlier interrupted attempt (``<cache_dir>/checkpoints/<hash>/last.pt``),
+checkpoint of an earlier interrupted attempt (``<cache_dir>/checkpoints/<hash>/last.pt``; one that
+does not load is replaced by the copy on the tracking server, else discarded),
 logs parameters, data counts, dataset inputs, per-validation metrics and system metrics, and
-finally logs the best model and registers it (alias ``latest``).
+finally logs the best model and registers it (alias ``latest``), and deletes the resumable
+checkpoints of the configuration's runs from the tracking server.
 """
 
 from __future__ import annotations
@@ -236,7 +238,12 @@ def _reuse(cfg: TrainConfig, done, progress: bool) -> dict:
     tags = done.data.tags
     name, version = tags.get(keys.REGISTERED_MODEL_TAG), tags.get(keys.REGISTERED_VERSION_TAG)
     if name and version:
-        fixed = restore_version_metadata(name, int(version))
+        try:
+            fixed = restore_version_metadata(name, int(version))
+        except MlflowException as e:  # the registry refused (a version deleted by hand): reuse it as it is
+            fixed = []
+            print(f"warning: could not check the aliases of {name} v{version}: {(str(e).strip().splitlines() or [''])[0]}",
+                  file=sys.stderr)
         if fixed:
             print(f"model {name} v{version}: set {', '.join(fixed)}, left unset when its run was interrupted",
                   file=sys.stderr)
@@ -354,7 +361,8 @@ CHECKPOINT_ARTIFACT_DIR = "checkpoints"
 
 def upload_checkpoint(path: Path) -> None:
     """Log the resumable checkpoint ``last.pt`` to the active run (``checkpoints/last.pt``), so a run
-    killed on one machine can resume on another from the tracking server alone. An upload that
+    killed on one machine can resume on another from the tracking server alone (it is deleted once
+    the model is registered: :func:`delete_server_checkpoints`). An upload that
     fails is a warning, not the end of the training: the local checkpoint is still there."""
     try:
         mlflow.log_artifact(str(path), artifact_path=CHECKPOINT_ARTIFACT_DIR)
@@ -410,6 +418,6 @@ def delete_server_checkpoints(config_hash: str, run_id: str) -> list[str]:
             cleaned.append(run.info.run_id)
         except (MlflowException, OSError) as e:
             print(f"warning: could not delete the checkpoint of run {run.info.run_id} from the tracking server "
-                  f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}); it is not needed any "
+                  f"({(str(e).strip().splitlines() or [type(e).__name__])[0]}); it is not needed any "
                   "more", file=sys.stderr)
     return cleaned
