@@ -4,7 +4,6 @@ aliases a kill left unset; a run that reuses a model leads to it (issue 22 items
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -231,3 +230,23 @@ def test_a_run_that_reuses_a_model_carries_its_registered_name_and_version(store
     from cxrstudy.tracking.registry import resolve_model_uri
 
     assert resolve_model_uri(opened.info.run_id) == f"models:/{cfg.model_name()}/1"
+
+
+def test_the_training_loop_discards_a_damaged_checkpoint_of_its_own_in_one_line(tmp_path, capsys):
+    """The loop's own guard (JTT's identification checkpoint, ``identify/last.pt``, is local only):
+    a damaged ``last.pt`` is reported and training starts from step 0, ending as a fresh run does."""
+    from cxrstudy.train.loop import prepare_data, train_model
+
+    cfg = tiny_config(tmp_path)
+    data = prepare_data(cfg, progress=False)
+    cpu = torch.device("cpu")
+    fresh = train_model(cfg, data, device=cpu, checkpoint_dir=tmp_path / "fresh", progress=False)
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "last.pt").write_bytes(b"PK\x03\x04 cut short")
+    capsys.readouterr()
+    again = train_model(cfg, data, device=cpu, checkpoint_dir=tmp_path / "damaged", progress=False)
+    lines = _damage_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and "step 0" in lines[0], lines
+    assert again.history == fresh.history
+    for k in fresh.best_state:
+        assert torch.equal(again.best_state[k], fresh.best_state[k]), k
