@@ -173,6 +173,31 @@ def test_a_finished_run_keeps_no_resumable_checkpoint_on_the_server(store, tmp_p
     load_model(res["model_uri"])
 
 
+def test_through_a_tracking_server_the_checkpoints_leave_its_disk(store, tmp_path, monkeypatch):
+    """With ``mlflow server`` (artifacts proxied, as a shared study runs), the checkpoint files of the
+    finished run and of the interrupted run it resumed from are gone from the server's artifact folder."""
+    import mlflow
+
+    from cxrstudy.tracking.server import local_server
+
+    cfg = tiny_config(tmp_path)
+    artifacts = tmp_path / "mlartifacts"
+    with local_server(store, artifacts) as url:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        mlflow.set_tracking_uri(url)
+        mlflow.set_experiment("through-the-server")  # created by the server: artifacts under mlflow-artifacts:/
+        undo = _crash_after_validations(monkeypatch, 1)
+        with pytest.raises(RuntimeError, match="machine lost"):
+            run_training(cfg, progress=False)
+        undo()
+        assert [p.name for p in artifacts.rglob("last.pt")] == ["last.pt"]  # uploaded through the server
+        res = run_training(cfg, progress=False)
+        assert MlflowClient().get_run(res["run_id"]).info.status == "FINISHED"
+        assert not list(artifacts.rglob("last.pt"))
+        assert all(_checkpoints_on_server(r.info.run_id) == [] for r in _runs())
+        load_model(res["model_uri"])  # the model itself is still there
+
+
 # ----------------------------------------------- killed right after registration: aliases restored
 
 
