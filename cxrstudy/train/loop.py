@@ -234,8 +234,8 @@ def checkpoint_damage(path: Path) -> str | None:
         ck = load_checkpoint(path)
         int(ck["state"]["step"]), list(ck["state"]["history"]), ck["model"], ck["optimizer"]
     except Exception as e:  # torch raises RuntimeError, pickle errors, EOFError... for a damaged file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        return f"{type(e).__name__}: {first}"[:200]
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0]  # torch's messages run on for lines
+        return f"{type(e).__name__}: {first}"[:160]
     return None
 
 
