@@ -355,12 +355,12 @@ def _before_issue21(model):
 def step_rate(preset: str, *, before: bool, steps: int, repeats: int) -> float:
     """Seconds of one training step of ``preset`` (batch, image size, backbone, Adam, augmentation)
     on one CPU thread: as the loop does it now (channels-last, the machine's precision), or as it
-    did before issue 21 (fp32, contiguous layout, ReLU before pooling)."""
+    did before issue 21 (fp32, contiguous layout, ReLU before pooling, Adam's per-tensor loop)."""
     import torch.nn.functional as F
 
     from cxrstudy.train.augment import augment
     from cxrstudy.train.device import autocast, place_model, prepare_input
-    from cxrstudy.train.loop import augment_kwargs
+    from cxrstudy.train.loop import adam, augment_kwargs
     from cxrstudy.train.models import build_model
     from cxrstudy.train.presets import PRESETS
 
@@ -369,7 +369,8 @@ def step_rate(preset: str, *, before: bool, steps: int, repeats: int) -> float:
     torch.manual_seed(0)
     model = build_model(p["backbone"])
     model = _before_issue21(model) if before else place_model(model, cpu)
-    opt = torch.optim.Adam(model.parameters(), lr=p["lr"])
+    opt = (torch.optim.Adam(model.parameters(), lr=p["lr"]) if before
+           else adam(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"]))
     gen = torch.Generator().manual_seed(0)
     xs = torch.randint(0, 256, (steps, p["batch_size"], 1, p["image_size"], p["image_size"]), dtype=torch.uint8)
     ys = torch.randint(0, 2, (steps, p["batch_size"]))

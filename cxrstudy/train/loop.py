@@ -335,6 +335,12 @@ def _retrain_head(cfg: TrainConfig, data: TrainData, method: Method, out: TrainO
                                kept_val={"step": out.best_step, **{k: float(v) for k, v in m.items()}})
 
 
+def adam(params, *, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """The training's optimiser: Adam, in PyTorch's fused form (one kernel for all parameters; on one
+    CPU thread about 4x faster than the per-tensor loop, which was a few percent of a small CNN's step)."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
 #: the parts of a training's time (:attr:`TrainOutcome.seconds`): waiting for the batch, moving and
 #: augmenting it, the forward and backward pass (loss included), the optimiser step, the validation
 #: passes, the checkpoints (the best model's copy and ``last.pt``), and the caller's callbacks (logging)
@@ -362,7 +368,7 @@ def _train(cfg: TrainConfig, data: TrainData, method: Method, *, device: torch.d
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = place_model(build_model(cfg.backbone, cfg.pretrained), device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"step": 0, "best_score": -math.inf, "best_step": 0, "bad_evals": 0, "threshold": 0.5,
              "history": [], "best_model": None}
     last = checkpoint_dir / "last.pt"
