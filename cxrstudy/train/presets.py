@@ -25,7 +25,11 @@ PRESETS: dict[str, dict] = {
         "patience": 10,
         "augment_strength": 1.0,
     },
-    "cpu": {  # converges within the budget: every model of the demo grid stops early (see README)
+    # converges within the budget: every model of the demo grid stops early (see README). Validation
+    # every 25 steps with patience 4 stops 100 steps after the best checkpoint rather than 200: on
+    # the validation histories of issue 21 the kept models are as good as with every 50 / patience 4
+    # (median val AUROC 0.85 both) at about 30% fewer steps
+    "cpu": {
         "backbone": "smallcnn",
         "pretrained": "none",
         "image_size": 32,
@@ -33,7 +37,7 @@ PRESETS: dict[str, dict] = {
         "weight_decay": 0.0,
         "batch_size": 64,
         "max_steps": 2000,
-        "eval_every": 50,
+        "eval_every": 25,
         "patience": 4,
         "augment_strength": 1.0,
     },
