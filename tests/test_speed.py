@@ -73,3 +73,20 @@ def test_precision_is_the_machines_and_the_model_runs_channels_last():
     model = place_model(build_model("smallcnn"), CPU)
     conv = model.trunk.features[0].weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+
+
+def test_benchmark_names_an_unknown_part_in_one_line_before_any_work(store, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import pytest
+
+    path = Path(__file__).resolve().parents[1] / "entrypoints" / "benchmark.py"
+    spec = importlib.util.spec_from_file_location("_benchmark_entry_only", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--only", "training,nonsense"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "only" in err[0] and "nonsense" in err[0] and "training" in err[0]
