@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from cxrstudy.train.device import autocast
+from cxrstudy.train.device import autocast, place_model
 from cxrstudy.train.loop import eval_batches, eval_set
 
 
@@ -28,7 +28,7 @@ def extract_embeddings(model: torch.nn.Module, entries: dict, label: str, device
     if not hasattr(model, "embed"):
         raise TypeError(f"{type(model).__name__} has no embed(); expected a cxrstudy BinaryClassifier")
     es = eval_set(entries, label)
-    model = model.to(device).eval()
+    model = place_model(model, device).eval()
     n = len(es.frame)
     out: np.ndarray | None = None
     bar = tqdm(total=n, desc="embeddings", unit="img", disable=not progress, dynamic_ncols=True)

@@ -16,7 +16,7 @@ from cxrstudy.data.dataspec import DataSpec
 from cxrstudy.errors import DataError
 from cxrstudy.evaluate.bootstrap import wga_bootstrap
 from cxrstudy.evaluate.metrics import evaluate_predictions, predict
-from cxrstudy.train.device import pick_device
+from cxrstudy.train.device import pick_device, place_model
 from cxrstudy.train.loop import eval_set, predict_scores
 
 PREDICTION_COLUMNS = ["env", "subject_id", "y_true", "y_score", "y_pred"]
@@ -34,7 +34,7 @@ def predict_test(model: torch.nn.Module, spec: DataSpec, envs: list[str], label:
     dev = pick_device(device)
     entries = {e: spec.entry(e, "test", progress=progress) for e in envs}
     es = eval_set(entries, label)
-    scores = predict_scores(model.to(dev), es, dev)
+    scores = predict_scores(place_model(model, dev), es, dev)
     df = es.frame.assign(y_score=scores, y_pred=predict(scores, threshold))
     return df[PREDICTION_COLUMNS]
 

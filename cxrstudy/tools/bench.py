@@ -301,24 +301,203 @@ def bench_gpu(tmp: Path, steps: int) -> list[Figure]:
     ]
 
 
+def forward_macs(model: torch.nn.Module, image_size: int) -> int:
+    """Multiply-adds of one image's forward pass through the convolutions and linear layers (the
+    work that counts; normalisation, pooling and activations are a few operations per value)."""
+    macs = []
+
+    def conv(m, _, out):
+        macs.append(out[0].numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1])
+
+    def linear(m, _, out):
+        macs.append(out[0].numel() * m.in_features)
+
+    hooks = [m.register_forward_hook(conv) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks += [m.register_forward_hook(linear) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 1, image_size, image_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(sum(macs))
+
+
+def thread_median(fn, repeats: int, inner: int = 1) -> float:
+    """Median CPU seconds of this thread per call of ``fn`` (``inner`` calls per sample): the work of
+    a one-thread computation, unaffected by how long other processes hold the core."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.thread_time()
+        for _ in range(inner):
+            fn()
+        times.append((time.thread_time() - t) / inner)
+    return statistics.median(times)
+
+
+def matmul_gflops(dtype: torch.dtype, n: int, repeats: int) -> float:
+    """A dense ``n x n`` by ``n x n`` matrix product's rate on the training's threads (GFLOP/s)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    return 2 * n**3 / thread_median(lambda: torch.mm(a, b), repeats) / 1e9
+
+
+def _before_issue21(model):
+    """The small CNN as trained before issue 21: ReLU before pooling (same function and gradients)."""
+    from cxrstudy.train.models import SmallCNN
+
+    for block in range(0, len(model.trunk.features), 4) if isinstance(model.trunk, SmallCNN) else ():
+        f = model.trunk.features
+        f[block + 2], f[block + 3] = f[block + 3], f[block + 2]
+    return model
+
+
+def step_rate(preset: str, *, before: bool, steps: int, repeats: int) -> float:
+    """Seconds of one training step of ``preset`` (batch, image size, backbone, Adam, augmentation)
+    on one CPU thread: as the loop does it now (channels-last, the machine's precision), or as it
+    did before issue 21 (fp32, contiguous layout, ReLU before pooling, Adam's per-tensor loop)."""
+    import torch.nn.functional as F
+
+    from cxrstudy.train.augment import augment
+    from cxrstudy.train.device import autocast, place_model, prepare_input
+    from cxrstudy.train.loop import adam, augment_kwargs
+    from cxrstudy.train.models import build_model
+    from cxrstudy.train.presets import PRESETS
+
+    p = PRESETS[preset]
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_model(p["backbone"])
+    model = _before_issue21(model) if before else place_model(model, cpu)
+    opt = (torch.optim.Adam(model.parameters(), lr=p["lr"]) if before
+           else adam(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"]))
+    gen = torch.Generator().manual_seed(0)
+    xs = torch.randint(0, 256, (steps, p["batch_size"], 1, p["image_size"], p["image_size"]), dtype=torch.uint8)
+    ys = torch.randint(0, 2, (steps, p["batch_size"]))
+    aug = augment_kwargs(p["augment_strength"])
+    k = iter(range(10**9))
+
+    def step():
+        i = next(k) % steps
+        x = xs[i].float().div_(255) if before else prepare_input(xs[i], cpu)
+        x = augment(x, gen, **aug)
+        with torch.autocast("cpu", enabled=False) if before else autocast(cpu):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), ys[i])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    model.train()
+    return thread_median(step, repeats, inner=steps)
+
+
+def short_training(tmp: Path, preset: str, steps: int, eval_every: int, n_patients: int):
+    """A real training of ``preset`` (the loop itself, on the synthetic nih hospital, Effusion) cut at
+    ``steps`` steps, a multiple of ``eval_every`` (the preset's, for figures, so that steps and
+    validations come in its proportion); returns the outcome (its ``seconds`` by phase) and the
+    validation size."""
+    from cxrstudy.train.config import TRAIN_PARAMS, config_from_params
+    from cxrstudy.train.device import pick_device
+    from cxrstudy.train.loop import prepare_data, train_model
+
+    raw = {**TRAIN_PARAMS, "envs": "nih", "label": "Effusion", "preset": preset, "max_steps": str(steps),
+           "eval_every": str(eval_every), "patience": str(10**6), "cache_dir": str(tmp / "cache"), "synthetic_patients": str(n_patients)}
+    cfg = config_from_params(raw)
+    data = prepare_data(cfg, progress=False)
+    out = train_model(cfg, data, device=pick_device("cpu"), checkpoint_dir=tmp / "ck", progress=False)
+    return cfg, out, len(data.val.frame)
+
+
+def bench_training(tmp: Path, tiny: bool, preset: str = "cpu") -> list[Figure]:
+    """The ``cpu`` preset's training as the machine sees it (issue 21): images/s per core of the
+    step, its achieved GFLOP/s against this process's dense matrix-product rate, before and after,
+    and the shares of a model's time by phase of the real loop."""
+    from cxrstudy.train.device import TRAIN_THREADS, cpu_has_bf16, precision, reproducible
+    from cxrstudy.train.models import build_model
+    from cxrstudy.train.presets import PRESETS
+
+    p = PRESETS[preset]
+    cpu = torch.device("cpu")
+    figs = []
+    with reproducible(cpu):  # the training's threads (one on the CPU)
+        n = 256 if tiny else 1024
+        reps = 3 if tiny else 15
+        mm = {"fp32": matmul_gflops(torch.float32, n, reps)}
+        if cpu_has_bf16():
+            mm["bf16"] = matmul_gflops(torch.bfloat16, n, reps)
+        macs = forward_macs(build_model(p["backbone"]), p["image_size"])
+        flop_per_step = 3 * 2 * macs * p["batch_size"]  # forward + backward (about twice the forward)
+        steps, reps = (2, 2) if tiny else (10, 9)
+        t_before, t_now = [], []
+        for _ in range(reps):  # interleaved, so that a drift in the machine's load hits both
+            t_before.append(step_rate(preset, before=True, steps=steps, repeats=1))
+            t_now.append(step_rate(preset, before=False, steps=steps, repeats=1))
+        t_before, t_now = statistics.median(t_before), statistics.median(t_now)
+    prec = precision(cpu)
+    b = p["batch_size"]
+    detail = (f"[{p['backbone']} {p['image_size']} px batch {b}: {macs / 1e6:.2f} M multiply-adds per image forward, "
+              f"{flop_per_step / 1e9:.2f} GFLOP per step; {TRAIN_THREADS} thread]")
+    gf_now, gf_before = flop_per_step / t_now / 1e9, flop_per_step / t_before / 1e9
+    half = gf_now >= 0.5 * mm[prec]
+    figs += [
+        Figure("bench/matmul_fp32_gflops", mm["fp32"], "(reference)", None, f"[{n}x{n} fp32, {TRAIN_THREADS} thread]"),
+        *([Figure("bench/matmul_bf16_gflops", mm["bf16"], "(reference)", None, f"[{n}x{n} bf16, {TRAIN_THREADS} thread]")]
+          if "bf16" in mm else []),
+        Figure("bench/train_step_images_per_s_per_core", b / t_now, "(reference)", None,
+               f"[{preset} preset, {prec}, channels-last, CPU time of the training thread; "
+               f"before issue 21 (fp32, contiguous): {b / t_before:.0f}]"),
+        Figure("bench/train_step_speedup", t_before / t_now, "(reference)", None, "[step CPU time before / now]"),
+        Figure("bench/train_step_gflops", gf_now, f">= half the {prec} matmul rate", half,
+               f"{detail} before: {gf_before:.1f}"),
+        Figure(f"bench/train_step_fraction_of_{prec}_matmul", gf_now / mm[prec], ">= 0.5", half,
+               f"[fp32 rate fraction {gf_now / mm['fp32']:.2f}; before {gf_before / mm['fp32']:.2f} of fp32]"),
+    ]
+    every = 2 if tiny else p["eval_every"]
+    steps = 4 * every
+    cfg, out, n_val = short_training(tmp, preset, steps, every, n_patients=150 if tiny else 5000)
+    total = sum(out.seconds.values())
+    n_evals = len(out.history)
+    shares = " ".join(f"{k} {v / total:.1%}" for k, v in out.seconds.items())
+    figs += [
+        Figure("bench/train_validation_share", out.seconds["validation"] / total, "(reference)", None,
+               f"[{n_evals} validations of {n_val} images in {steps} steps: "
+               f"{n_val * n_evals / out.seconds['validation']:.0f} img/s]"),
+        Figure("bench/train_overhead_share", 1 - (out.seconds["forward_backward"] + out.seconds["validation"]) / total,
+               "(reference)", None, f"[all but forward/backward and validation; by phase: {shares}]"),
+        Figure("bench/train_seconds_per_1000_steps", 1000 * total / steps, "(reference)", None,
+               f"[the loop's wall time, validations included at eval_every={every}]"),
+    ]
+    return figs
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{platform.node()}: {os.cpu_count()} cores ({cpu}), {gpu}, torch {torch.__version__}, {platform.python_version()}"
 
 
-def run_all(size: str = "full", workdir: Path | None = None) -> list[Figure]:
-    """``size``: ``full`` (the figures we report) or ``tiny`` (seconds; for tests)."""
+#: the benchmark's parts, in the order they run (``only`` picks some)
+PARTS = ("cache", "metadata", "loader", "loader_vs_memory", "analyze", "training", "gpu")
+
+
+def run_all(size: str = "full", workdir: Path | None = None, only: tuple = PARTS) -> list[Figure]:
+    """``size``: ``full`` (the figures we report) or ``tiny`` (seconds; for tests). ``only``: the
+    parts to run (:data:`PARTS`)."""
     tiny = size == "tiny"
+    parts = {
+        "cache": lambda t: [bench_cache_build(t / "a", n=8 if tiny else 120, repeats=1 if tiny else 3)],
+        "metadata": lambda t: [bench_metadata()],
+        "loader": lambda t: [bench_loader(t / "b", n_images=128 if tiny else 640, batches=1 if tiny else 5,
+                                          workers=min(2, os.cpu_count() or 1))],
+        "loader_vs_memory": lambda t: [bench_loader_vs_memory(t / "c", steps=3 if tiny else 40)],
+        "analyze": lambda t: [bench_analyze(50 if tiny else 5000)],
+        "training": lambda t: bench_training(t / "e", tiny),
+        "gpu": lambda t: bench_gpu(t / "d", steps=3 if tiny else 30),
+    }
+    figs = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        tmp = Path(tmp)
-        figs = [
-            bench_cache_build(tmp / "a", n=8 if tiny else 120, repeats=1 if tiny else 3),
-            bench_metadata(),
-            bench_loader(tmp / "b", n_images=128 if tiny else 640, batches=1 if tiny else 5,
-                         workers=min(2, os.cpu_count() or 1)),
-            bench_loader_vs_memory(tmp / "c", steps=3 if tiny else 40),
-            bench_analyze(50 if tiny else 5000),
-        ]
-        figs += bench_gpu(tmp / "d", steps=3 if tiny else 30)
+        for name in PARTS:
+            if name in only:
+                figs += parts[name](Path(tmp))
     return figs
