@@ -141,7 +141,7 @@ def test_main_with_two_methods_reports_per_method_and_reruns_nothing(store, tmp_
 
 
 def test_the_readme_example_method_is_one_class_that_trains(tmp_path, monkeypatch):
-    """The README's focal-loss example, run as written: registering it is all it takes."""
+    """docs/GUIDE.md's focal-loss example, run as written: registering it is all it takes."""
     import re
 
     import torch.nn.functional as F
@@ -149,7 +149,7 @@ def test_the_readme_example_method_is_one_class_that_trains(tmp_path, monkeypatc
     import cxrstudy.train.methods as methods
 
     monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
-    code = re.search(r"```python\n(@register\nclass Focal.*?)```", (ROOT / "README.md").read_text(), re.S).group(1)
+    code = re.search(r"```python\n(@register\nclass Focal.*?)```", (ROOT / "docs" / "GUIDE.md").read_text(), re.S).group(1)
     ns = {"register": methods.register, "Method": methods.Method, "HParam": methods.HParam, "F": F, "torch": torch}
     exec(code, ns)
     assert "focal" in methods.method_names()
