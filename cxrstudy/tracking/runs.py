@@ -56,13 +56,37 @@ def setup(experiment: str | None = None) -> str:
     ``MLFLOW_EXPERIMENT_NAME``/``MLFLOW_EXPERIMENT_ID``, else ``experiment``, else MLflow's
     ``Default`` -- the same place ``mlflow run`` puts runs, so both ways of starting an entry
     point see each other's runs. Inside ``mlflow run`` never call ``set_experiment``
-    (MLflow raises an experiment/run-id mismatch).
+    (MLflow raises an experiment/run-id mismatch). A named experiment that does not exist yet is
+    created here, safely when several processes start at once (:func:`get_or_create_experiment`).
     """
     uri = tracking_uri()
     check_tracking_server(uri)
-    if experiment and not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        mlflow.set_experiment(experiment)
+    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if name and not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        mlflow.set_experiment(experiment_id=get_or_create_experiment(name))
     return uri
+
+
+def get_or_create_experiment(name: str) -> str:
+    """The id of experiment ``name``, created if missing. Idempotent under concurrency: when another
+    process creates it between our look and our create (two ``main`` started at once on a new
+    experiment), its experiment is used instead of failing with RESOURCE_ALREADY_EXISTS."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as e:
+        if str(getattr(e, "error_code", "")) != "RESOURCE_ALREADY_EXISTS":
+            raise
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise DataError(f"experiment {name!r} exists on {mlflow.get_tracking_uri()} but cannot be read")
+    return exp.experiment_id
 
 
 def current_experiment_id() -> str:
