@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -178,7 +179,13 @@ def log_dataset_input(entry, context: str) -> None:
         warnings.simplefilter("ignore", UserWarning)
         ds = mlflow.data.from_pandas(meta, source=where, digest=entry.key,
                                      name=f"{entry.manifest['env']}-{entry.manifest['split']}-{entry.size}px")
-        mlflow.log_input(ds, context=context)
+        try:
+            mlflow.log_input(ds, context=context)
+        except mlflow.exceptions.MlflowException:
+            # the store keeps one dataset per (experiment, name, digest): when another process logged the
+            # same one at the same moment (two studies started together), the insert lost; now it exists
+            time.sleep(0.5)
+            mlflow.log_input(ds, context=context)
 
 
 def log_batch(client, run_id: str, metrics: dict, tags: dict, *, timestamp_ms: int, step: int) -> None:
