@@ -98,13 +98,14 @@ class ServerClaim:
     def try_acquire(self) -> bool:
         """Take the claim if free (breaking a stale one); True when this process now holds it."""
         for _ in range(3):
-            if self._create():
-                return True
-            info = self.holder()
+            info = self.holder()  # look first: a waiter polls with reads, not with failing creates
             if info is None:
-                continue  # released between our attempt and our look
+                if self._create():
+                    return True
+                continue  # taken between our look and our create: look again
             if info.get("token") == self.token:  # our create succeeded, its answer was lost and retried
-                self._held()
+                if not self.held:
+                    self._held()
                 return True
             if self.holder_alive(info):
                 return False
@@ -112,7 +113,7 @@ class ServerClaim:
         return False
 
     def acquire(self, *, stop: Callable[[], bool] | None = None, on_wait: Callable[[str], None] | None = None,
-                poll_s: float = 1.0, stop_every_s: float = 2.0) -> bool:
+                poll_s: float = 2.0, stop_every_s: float = 2.0) -> bool:
         """Wait for the claim. True once held; False as soon as ``stop()`` says waiting is pointless
         (the holder finished the work we wanted). ``on_wait`` gets one message naming the holder."""
         told, last_stop = False, 0.0
