@@ -45,7 +45,8 @@ def test_train_logs_registers_and_round_trips(store, tmp_path):
     run = MlflowClient().get_run(res["run_id"])
     assert run.info.status == "FINISHED"
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    assert tags["registered_model"] == "cxrstudy-synthetic-cxp-nih-any-none" == cfg.model_name()
+    assert tags["registered_model"] == f"cxrstudy-synthetic-cxp-nih-any-none-d{cfg.data_fingerprint()[:8]}" \
+        == cfg.model_name()
     assert tags["registered_version"] == "1"
     assert tags["cxrstudy.synthetic"] == "true"
     assert params["cfg.config_hash"] == cfg.content_hash()
@@ -202,4 +203,6 @@ def test_train_through_mlflow_run(store, tmp_path):
     assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED"
     assert runs.iloc[0]["params.envs"] == "nih,CXP"  # mlflow run's raw value ...
     assert runs.iloc[0]["params.cfg.envs"] == '["cxp", "nih"]'  # ... and the resolved one
-    assert runs.iloc[0]["tags.registered_model"] == "cxrstudy-synthetic-cxp-nih-any-none"
+    # the same synthetic hospitals as tiny_config's (200 patients, seed 0, strength 1): the same data
+    fp = tiny_config(tmp_path).data_fingerprint()
+    assert runs.iloc[0]["tags.registered_model"] == f"cxrstudy-synthetic-cxp-nih-any-none-d{fp[:8]}"

@@ -14,6 +14,7 @@ from cxrstudy.labels import label_key
 from cxrstudy.runs.train import find_trained, run_training
 from cxrstudy.tracking import keys
 from cxrstudy.tracking import runs as tracking
+from cxrstudy.tracking.claims import ServerClaim, claim_key
 from cxrstudy.train.config import TrainConfig, with_method
 
 
@@ -26,11 +27,39 @@ def run_compare(setting: Setting, template: TrainConfig, seeds: list[int], *, n_
     single_h = [single_config(template, setting.base, setting.label, s).content_hash() for s in seeds]
     pair_h = [pair_config(template, setting, s).content_hash() for s in seeds]
     key = compare_key(setting, seeds, single_h, pair_h, n_bootstrap)
-    if not force:
-        done = tracking.find_finished(keys.COMPARE_KEY_TAG, key)
-        if done is not None:
-            return {"run_id": done.info.run_id, "reused": True,
-                    **{k.split("/", 1)[1]: v for k, v in done.data.metrics.items() if k.startswith(keys.COMPARE_PREFIX)}}
+
+    def finished():
+        return None if force else tracking.find_finished(keys.COMPARE_KEY_TAG, key)
+
+    def waiting(who: str) -> None:
+        if progress:
+            print(f"waiting: {who} is computing {setting.name}", file=sys.stderr, flush=True)
+
+    if (done := finished()) is not None:
+        return _reused(done)
+    # claim the comparison on the tracking server (per experiment: that is where reuse looks), so
+    # two studies started at once compute it once; the other waits and reuses it
+    claim = ServerClaim(claim_key("compare", tracking.current_experiment_id(), key),
+                        what=f"comparison {setting.name} ({key})")
+    while not claim.acquire(stop=lambda: finished() is not None, on_wait=waiting):
+        if (done := finished()) is not None:
+            return _reused(done)
+    with claim:
+        if (done := finished()) is not None:  # finished while we took the claim
+            return _reused(done)
+        return _compute(setting, template, seeds, key, single_h, pair_h, n_bootstrap=n_bootstrap, device=device,
+                        parent_run_id=parent_run_id, progress=progress)
+
+
+def _reused(done) -> dict:
+    """What run_compare returns for a FINISHED comparison it reuses."""
+    return {"run_id": done.info.run_id, "reused": True,
+            **{k.split("/", 1)[1]: v for k, v in done.data.metrics.items() if k.startswith(keys.COMPARE_PREFIX)}}
+
+
+def _compute(setting: Setting, template: TrainConfig, seeds: list[int], key: str, single_h: list[str],
+             pair_h: list[str], *, n_bootstrap: int, device: str, parent_run_id: str | None, progress: bool) -> dict:
+    """Compute and log the comparison (the caller holds its claim)."""
     tags = {keys.ENTRY_TAG: keys.ENTRY_COMPARE, keys.COMPARE_KEY_TAG: key, "base": setting.base, "added": setting.added,
             "label": setting.label, "balance": setting.balance, keys.METHOD_TAG: setting.method,
             "source": template.data.source,

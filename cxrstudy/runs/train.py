@@ -3,8 +3,10 @@
 A run is identified by the content hash of its resolved configuration and of the data's
 fingerprint (tag ``cxrstudy.config_hash``; the fingerprint alone is tag ``cxrstudy.data_fingerprint``). ``run_training`` first looks for a FINISHED run with that hash and,
 unless forced, returns it without training (so is a run whose registered model version is READY,
-whatever its status). Otherwise it takes the configuration's lock file, waiting while another
-process or machine trains the same configuration, marks RUNNING runs left by dead processes
+whatever its status). Otherwise it takes the configuration's lock file (shared through the cache)
+and then its claim on the tracking server (shared by every process that uses the server, caches
+shared or not), waiting while another process or machine trains the same configuration and
+reusing its run when it finishes, marks RUNNING runs left by dead processes
 FAILED, and trains, resuming from the local
 checkpoint of an earlier interrupted attempt (``<cache_dir>/checkpoints/<hash>/last.pt``; one that
 does not load is replaced by the copy on the tracking server, else discarded),
@@ -29,6 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from cxrstudy.tracking import keys
 from cxrstudy.tracking import runs as tracking
+from cxrstudy.tracking.claims import ServerClaim, claim_key
 from cxrstudy.tracking.registry import has_safe_model, log_and_register, restore_version_metadata, version_tags
 from cxrstudy.train.config import TrainConfig
 from cxrstudy.train.device import pick_device
@@ -47,6 +50,12 @@ def training_lock(cfg: TrainConfig) -> TrainLock:
     folder, which a finished or forced run deletes): shared by every process and machine that
     shares the cache (:mod:`cxrstudy.train.lock`)."""
     return TrainLock(checkpoint_dir(cfg).with_name(cfg.content_hash() + ".lock"))
+
+
+def training_claim(cfg: TrainConfig) -> ServerClaim:
+    """The per-configuration claim on the tracking server (:mod:`cxrstudy.tracking.claims`), taken
+    after the lock file: shared by every process that shares the server, even without the cache."""
+    return ServerClaim(claim_key("train", cfg.content_hash()), what=f"training {name_of(cfg)} ({cfg.content_hash()})")
 
 
 def preflight(cfg: TrainConfig) -> None:
@@ -132,7 +141,7 @@ def find_registered_unfinished(config_hash: str, experiment_ids=None):
 def fail_stale_runs(config_hash: str, keep=()) -> list[str]:
     """Mark RUNNING training runs of this hash FAILED, with the reason in tag FAILED_REASON_TAG.
 
-    Call only while holding the configuration's lock: then no live process is training it, so a
+    Call only while holding the configuration's lock and server claim: then no live process is training it, so a
     RUNNING run of it was left by a process that died (kill -9, power loss). ``keep``: run ids not
     to touch (the run ``mlflow run`` opened for this process)."""
     client = MlflowClient()
@@ -221,12 +230,19 @@ def run_training(cfg: TrainConfig, *, force: bool = False, device: str = "auto",
         if done is not None:
             return _reuse(cfg, done, progress)
     try:
-        if not force:
-            done = find_trained(cfg)  # finished while we took the lock
+        claim = training_claim(cfg)  # then the server's claim: processes that share no cache meet there
+        while not claim.acquire(stop=finished_elsewhere, on_wait=waiting):
+            done = find_trained(cfg)
             if done is not None:
                 return _reuse(cfg, done, progress)
-        fail_stale_runs(cfg.content_hash(), keep={os.environ.get("MLFLOW_RUN_ID")})
-        return _train_holding_lock(cfg, force=force, device=device, progress=progress, parent_run_id=parent_run_id)
+        with claim:
+            if not force:
+                done = find_trained(cfg)  # finished while we took the lock
+                if done is not None:
+                    return _reuse(cfg, done, progress)
+            fail_stale_runs(cfg.content_hash(), keep={os.environ.get("MLFLOW_RUN_ID")})
+            return _train_holding_lock(cfg, force=force, device=device, progress=progress,
+                                       parent_run_id=parent_run_id)
     finally:
         lock.release()
 

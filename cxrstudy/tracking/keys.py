@@ -34,6 +34,8 @@ TUNE_ROLE_TAG = "cxrstudy.tune_role"
 FAKE_TAG = "cxrstudy.fake"  # benchmark runs made by benchmarks/make_fake_comparisons.py
 CONSTANT_MODEL_TAG = "cxrstudy.constant_model"  # "true" when a model predicts one class on validation
 FAILED_REASON_TAG = "cxrstudy.failed_reason"
+CLAIM_HOLDER_TAG = "cxrstudy.claim_holder"  # on a claim (tracking/claims.py): who holds it (JSON)
+CLAIM_HEARTBEAT_TAG = "cxrstudy.claim_heartbeat"  # on a claim: when its holder last said it is alive (epoch s)
 
 # --- Optuna study/trial attributes ----------------------------------------------------------
 TUNE_SPEC_ATTR = "cxrstudy.spec"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
@@ -56,13 +57,37 @@ def setup(experiment: str | None = None) -> str:
     ``MLFLOW_EXPERIMENT_NAME``/``MLFLOW_EXPERIMENT_ID``, else ``experiment``, else MLflow's
     ``Default`` -- the same place ``mlflow run`` puts runs, so both ways of starting an entry
     point see each other's runs. Inside ``mlflow run`` never call ``set_experiment``
-    (MLflow raises an experiment/run-id mismatch).
+    (MLflow raises an experiment/run-id mismatch). A named experiment that does not exist yet is
+    created here, safely when several processes start at once (:func:`get_or_create_experiment`).
     """
     uri = tracking_uri()
     check_tracking_server(uri)
-    if experiment and not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        mlflow.set_experiment(experiment)
+    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    if name and not os.environ.get("MLFLOW_RUN_ID") and not os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        mlflow.set_experiment(experiment_id=get_or_create_experiment(name))
     return uri
+
+
+def get_or_create_experiment(name: str) -> str:
+    """The id of experiment ``name``, created if missing. Idempotent under concurrency: when another
+    process creates it between our look and our create (two ``main`` started at once on a new
+    experiment), its experiment is used instead of failing with RESOURCE_ALREADY_EXISTS."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException as e:
+        if str(getattr(e, "error_code", "")) != "RESOURCE_ALREADY_EXISTS":
+            raise
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        raise DataError(f"experiment {name!r} exists on {mlflow.get_tracking_uri()} but cannot be read")
+    return exp.experiment_id
 
 
 def current_experiment_id() -> str:
@@ -152,7 +177,13 @@ def log_dataset_input(entry, context: str) -> None:
         warnings.simplefilter("ignore", UserWarning)
         ds = mlflow.data.from_pandas(meta, source=entry.place, digest=entry.key,
                                      name=f"{entry.manifest['env']}-{entry.manifest['split']}-{entry.size}px")
-        mlflow.log_input(ds, context=context)
+        try:
+            mlflow.log_input(ds, context=context)
+        except mlflow.exceptions.MlflowException:
+            # the store keeps one dataset per (experiment, name, digest): when another process logged the
+            # same one at the same moment (two studies started together), the insert lost; now it exists
+            time.sleep(0.5)
+            mlflow.log_input(ds, context=context)
 
 
 def log_batch(client, run_id: str, metrics: dict, tags: dict, *, timestamp_ms: int, step: int) -> None:

@@ -43,6 +43,8 @@ TRAIN_PARAMS = {
 }
 
 CONFIG_VERSION = 2
+#: how many hex digits of the data fingerprint a registered model's name carries
+DATA_NAME_DIGITS = 8
 
 
 def normalise_envs(envs, balance: str) -> tuple[str, ...]:
@@ -148,9 +150,13 @@ class TrainConfig:
         return dict(self.method_hparams)
 
     def model_name(self) -> str:
-        """Registry name: cxrstudy-<source>-<envs>-<label>-<balance>, then -<method> unless it is erm
-        (so the names of models trained before methods existed still hold)."""
-        name = f"cxrstudy-{self.data.source}-{'-'.join(self.envs)}-{label_key(self.label)}-{self.balance}"
+        """Registry name: cxrstudy-<source>-<envs>-<label>-<balance>-d<data>, then -<method> unless it
+        is erm. ``<data>`` is the start of the data fingerprint (:meth:`data_fingerprint`), so one name
+        holds models trained on one dataset only: its aliases (``best``, ``seed<k>``) and ``@latest``
+        never mix, say, a synthetic shortcut strength with another (models registered under the
+        names from before keep them and stay resolvable by those)."""
+        name = (f"cxrstudy-{self.data.source}-{'-'.join(self.envs)}-{label_key(self.label)}-{self.balance}"
+                f"-d{self.data_fingerprint()[:DATA_NAME_DIGITS]}")
         return name if self.method == "erm" else f"{name}-{self.method}"
 
 

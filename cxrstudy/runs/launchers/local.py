@@ -8,14 +8,22 @@ locked'. On a node with several visible GPUs every worker slot owns one GPU
 (``CUDA_VISIBLE_DEVICES``); ``workers=auto`` starts one worker per GPU, and two workers share a
 GPU only when more workers than GPUs are asked for explicitly. A cell whose configuration
 already has a FINISHED run is skipped, so a killed study resumes where it stopped.
+
+Interrupted (Ctrl-C, i.e. SIGINT, or any error in the parent), the parent starts no further cell,
+passes SIGINT on to every running worker (each in its own session, so a terminal's Ctrl-C reaches
+them once, through the parent), which ends its run KILLED; a worker still alive after
+:data:`STOP_GRACE_S` seconds is killed, and its run, if still RUNNING, is marked KILLED for it.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import signal
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -50,8 +58,10 @@ def pending(cells: list[TrainConfig]) -> list[TrainConfig]:
     return [c for c in cells if find_trained(c) is None]
 
 
-def mark_orphans_failed(cfg: TrainConfig, extra_filter: str = "") -> None:
-    """A worker that died (killed, out of memory) cannot end its run: mark it FAILED for it."""
+def mark_orphans_failed(cfg: TrainConfig, extra_filter: str = "", *, status: str = "FAILED",
+                        reason: str | None = None) -> None:
+    """A worker that died (killed, out of memory) cannot end its run: mark it FAILED (or ``status``)
+    for it, with ``reason`` in tag FAILED_REASON_TAG when given."""
     from mlflow.tracking import MlflowClient
 
     from cxrstudy.runs.train import search_training_runs
@@ -59,7 +69,42 @@ def mark_orphans_failed(cfg: TrainConfig, extra_filter: str = "") -> None:
     client = MlflowClient()
     for run in search_training_runs(f"tags.`{keys.CONFIG_HASH_TAG}` = '{cfg.content_hash()}' and attributes.status = 'RUNNING'"
                                     + extra_filter):
-        client.set_terminated(run.info.run_id, "FAILED")
+        if reason:
+            client.set_tag(run.info.run_id, keys.FAILED_REASON_TAG, reason)
+        client.set_terminated(run.info.run_id, status)
+
+
+#: how long an interrupted worker may take to end its run KILLED before it is killed
+STOP_GRACE_S = 30.0
+
+
+def stop_workers(procs: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGINT to each running worker's process group (the worker ends its run KILLED and exits 130);
+    SIGKILL to any still alive after ``grace_s`` seconds."""
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+
+
+def _ignoring_sigint():
+    """Ignore SIGINT (a second Ctrl-C) while workers are being stopped; returns the handler to restore,
+    or None off the main thread (where signal handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def train_argv(cfg: TrainConfig, parent_run_id: str | None, device: str) -> list[str]:
@@ -153,31 +198,77 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
     for i in range(workers):
         slots.put(i)
 
-    def launch(cfg: TrainConfig) -> tuple[TrainConfig, int, Path]:
+    stop = threading.Event()  # set when interrupted: no further cell starts
+    started: dict[str, tuple[TrainConfig, subprocess.Popen]] = {}  # running workers, by config hash
+    guard = threading.Lock()
+
+    def launch(cfg: TrainConfig) -> tuple[TrainConfig, int | None, Path]:
         log = log_dir / f"train-{cfg.content_hash()}.log"
         slot = slots.get()  # worker slot: decides the GPU on a multi-GPU node
         try:
-            with open(log, "w") as fh:
-                rc = subprocess.run(train_argv(cfg, parent_run_id, device), stdout=fh, stderr=subprocess.STDOUT,
-                                    env=worker_env(slot, workers, tracking_uri, experiment_id, gpus),
-                                    cwd=ROOT).returncode
+            with guard:
+                if stop.is_set():
+                    return cfg, None, log
+                fh = open(log, "w")
+                # its own session: a terminal's Ctrl-C reaches the worker only through stop_workers
+                proc = subprocess.Popen(train_argv(cfg, parent_run_id, device), stdout=fh, stderr=subprocess.STDOUT,
+                                        env=worker_env(slot, workers, tracking_uri, experiment_id, gpus), cwd=ROOT,
+                                        start_new_session=True)
+                started[cfg.content_hash()] = (cfg, proc)
+            try:
+                rc = proc.wait()
+            finally:
+                fh.close()
+                with guard:
+                    started.pop(cfg.content_hash(), None)
         finally:
             slots.put(slot)
         return cfg, rc, log
 
+    def interrupt(futures) -> None:
+        """Start no further cell, stop the running workers, and leave none of their runs RUNNING."""
+        restore = _ignoring_sigint()
+        try:
+            with guard:
+                stop.set()
+                running = list(started.values())
+            for fut in futures:
+                fut.cancel()
+            stop_workers([proc for _, proc in running])  # first: a closed stderr must not keep them running
+            try:
+                print(f"interrupted: no further cell started; {len(running)} running worker(s) stopped",
+                      file=sys.stderr, flush=True)
+            except OSError:
+                pass
+            mine = f" and tags.`mlflow.parentRunId` = '{parent_run_id}'" if parent_run_id else ""
+            for cfg, _ in running:
+                try:
+                    mark_orphans_failed(cfg, mine, status="KILLED", reason="interrupted: the study was stopped")
+                except Exception as e:  # the store is unreachable: say so, do not hide the interrupt
+                    print(f"warning: could not mark the run of {cell_name(cfg)} KILLED: {str(e).splitlines()[0]}",
+                          file=sys.stderr)
+        finally:
+            if restore is not None:
+                signal.signal(signal.SIGINT, restore)
+
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(launch, cfg) for cfg in todo]
         bar = tqdm(total=len(futures), desc=f"training grid ({workers} workers)", unit="model", disable=not progress)
-        for fut in as_completed(futures):
-            cfg, rc, log = fut.result()
-            if rc != 0:
-                failed.append((cfg, rc, log))
-                mark_orphans_failed(cfg)
-                tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
-                print(f"cell {cell_name(cfg)} failed (exit {rc}): {tail[0] if tail else ''} [log: {log}]",
-                      file=sys.stderr)
-            bar.update(1)
-        bar.close()
+        try:
+            for fut in as_completed(futures):
+                cfg, rc, log = fut.result()
+                if rc != 0:
+                    failed.append((cfg, rc, log))
+                    mark_orphans_failed(cfg)
+                    tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
+                    print(f"cell {cell_name(cfg)} failed (exit {rc}): {tail[0] if tail else ''} [log: {log}]",
+                          file=sys.stderr)
+                bar.update(1)
+        except BaseException:  # Ctrl-C (KeyboardInterrupt) or an error: nothing new, nothing left running
+            interrupt(futures)
+            raise
+        finally:
+            bar.close()
     if failed:
         raise DataError(f"{len(failed)} of {len(todo)} training cells failed; their logs: "
                         + ", ".join(str(f[2]) for f in failed[:5]) + "; run again to retry them")
