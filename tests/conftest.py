@@ -37,7 +37,7 @@ def store(migrated_db, tmp_path, monkeypatch):
     db = tmp_path / "mlflow.db"
     shutil.copy(migrated_db, db)
     uri = f"sqlite:///{db}"
-    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "CXRSTUDY_TUNE_STORAGE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("CXRSTUDY_CACHE", str(tmp_path / "cache"))

@@ -383,7 +383,9 @@ class StudyWorker:
         except CxrStudyError:
             raise
         except Exception as e:  # an unreachable database, an unreadable journal file
-            raise DataError(f"cannot open the Optuna storage {s.storage.display()}: {e}") from None
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DataError(f"cannot open the Optuna storage {s.storage.display()}: {s.storage.scrub(first)}") \
+                from None
         spec = self._wait_for_attr(study, keys.TUNE_SPEC_ATTR, timeout=30)
         if spec is None:
             study.set_user_attr(keys.TUNE_SPEC_ATTR, s.spec())
