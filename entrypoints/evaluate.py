@@ -26,6 +26,7 @@ PARAMS = {
     "corr_draws": "5",
     "device": "auto",
     "data_root": "",
+    "roots": "",
     "cache_dir": "",
 }
 
@@ -41,6 +42,7 @@ def main(argv=None) -> None:
         from cxrstudy.tracking import runs as tracking
         from cxrstudy.train.device import pick_device
         from cxrstudy.data.cache import check_cache_dir
+        from cxrstudy.data.dataspec import parse_roots
 
         if not optional(raw["model_uri"]):
             raise UsageError("parameter model_uri is required, e.g. models:/<name>@latest or a training run id")
@@ -54,7 +56,8 @@ def main(argv=None) -> None:
             check_cache_dir(raw["cache_dir"])  # one line, before any work
         tracking.setup()
         run_evaluate(raw["model_uri"], envs, n_boot=n_boot, seed=seed, sweep_mode=sweep_mode, draws=draws,
-                     device=raw["device"], data_root=optional(raw["data_root"]), cache_dir=optional(raw["cache_dir"]))
+                     device=raw["device"], data_root=optional(raw["data_root"]), cache_dir=optional(raw["cache_dir"]),
+                     roots=parse_roots(raw["roots"]))
 
     cli.run(body)
 

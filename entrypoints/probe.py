@@ -28,6 +28,7 @@ PARAMS = {
     "force": "false",
     "device": "auto",
     "data_root": "",
+    "roots": "",
     "cache_dir": "",
 }
 
@@ -43,6 +44,7 @@ def main(argv=None) -> None:
         from cxrstudy.runs.probe import run_probe
         from cxrstudy.train.device import pick_device
         from cxrstudy.data.cache import check_cache_dir
+        from cxrstudy.data.dataspec import parse_roots
 
         if not optional(raw["model_uri"]):
             raise UsageError("parameter model_uri is required, e.g. models:/<name>@latest or models:/<name>/<version>")
@@ -57,7 +59,8 @@ def main(argv=None) -> None:
             check_cache_dir(raw["cache_dir"])  # one line, before any work
         tracking.setup()
         run_probe(raw["model_uri"], envs, seed=seed, min_per_class=min_per_class, device=raw["device"],
-                  data_root=optional(raw["data_root"]), cache_dir=optional(raw["cache_dir"]), force=force)
+                  data_root=optional(raw["data_root"]), cache_dir=optional(raw["cache_dir"]),
+                  roots=parse_roots(raw["roots"]), force=force)
 
     cli.run(body)
 

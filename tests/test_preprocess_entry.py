@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from realdata_fixtures import make_data_root
 
+from cxrstudy.data.dataspec import PATH_NOT_LOGGED
 from cxrstudy.labels import LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +54,10 @@ def test_real_preprocess_lists_skipped_images(store, tmp_path):
     data = make_data_root(tmp_path / "data")
     preprocess_entry.main(["--source", "real", "--data_root", str(data["data_root"]), "--image_size", "24"])
     row = _only_run()
+    # the data spec it logs names no path of this machine
+    spec = json.loads(MlflowClient().get_run(row.run_id).data.params["cfg.data_spec"])
+    assert spec["source"] == "real" and spec["data_root"] == PATH_NOT_LOGGED, spec
+    assert str(tmp_path) not in json.dumps(MlflowClient().get_run(row.run_id).data.params)
     skipped = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=row.run_id, artifact_path="skipped_images.csv"))
     # paths relative to each dataset folder, no subject ids (the list is an artifact of the run)
     assert "subject_id" not in skipped.columns and list(skipped.columns) == ["env", "split", "path", "reason"]

@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -25,11 +26,14 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 import cxrstudy.runs.train as train_run_mod
+from cxrstudy.data.dataspec import PATH_NOT_LOGGED, DataSpec
 from cxrstudy.errors import DataError
 from cxrstudy.runs.train import checkpoint_dir, run_training
 from cxrstudy.tracking import keys, registry
 from cxrstudy.tracking.registry import load_model, load_trained
 from cxrstudy.tracking.server import free_port
+from cxrstudy.train.config import TrainConfig
+from cxrstudy.train.models import BinaryClassifier
 from test_train_evaluate import history, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,6 +130,50 @@ def test_pyfunc_predicts_on_raw_images_and_paths_and_matches_the_torch_model(sto
     # the stored model code only imports the package's class
     assert "from cxrstudy.tracking.pyfunc_model import ClassifierModel" in (local / "model_code.py").read_text()
     assert res["registered_version"] == 1
+
+
+def test_a_real_data_model_logs_no_path_of_this_machine_and_loads_where_the_data_is(store, tmp_path):
+    """No absolute path in what a model's run and the model itself log: the data spec names no
+    data root (the fingerprint tag says what the data was), the MLmodel no temporary directory.
+    Loading it elsewhere takes data_root (and roots) from the caller, with one line if missing."""
+    root, pad = tmp_path / "where" / "the" / "data" / "is", tmp_path / "pad-elsewhere"
+    spec = DataSpec(source="real", data_root=str(root), roots=(("pad", str(pad)),), image_size=32,
+                    cache_dir=str(tmp_path / "cache"))
+    cfg = TrainConfig(envs=("cxp", "pad"), label="Any", data=spec, backbone="smallcnn", pretrained="none")
+    logged = cfg.to_log_dict()
+    assert str(tmp_path) not in json.dumps(logged) and logged["data"]["data_root"] == PATH_NOT_LOGGED
+    assert logged["data"]["roots"] == {"pad": PATH_NOT_LOGGED}
+    assert cfg.to_dict()["data"]["data_root"] == str(root)  # the identity (hashed) is unchanged
+    # a model logged as train logs it (same params, same registration code), without training
+    name = "cxrstudy-real-cxp-pad-any-none"
+    with mlflow.start_run() as run:
+        mlflow.log_params({"cfg.data_spec": json.dumps(spec.to_log_dict()), "cfg.label": "Any",
+                           "cfg.envs": json.dumps(["cxp", "pad"])})
+        mlflow.log_metric("threshold", 0.5)
+        torch.manual_seed(0)
+        registry.log_and_register(BinaryClassifier("smallcnn").eval(), name, image_size=32, threshold=0.5,
+                                  label="Any", tags=registry.version_tags(
+                                      label="Any", hospitals=cfg.envs, method="erm", balance="none", seed=0,
+                                      threshold=0.5, config_hash="0" * 16, data_fingerprint="0" * 16, synthetic=False,
+                                      image_size=32, val_metrics={}, best_step=0))
+    params = MlflowClient().get_run(run.info.run_id).data.params
+    assert not [k for k, v in params.items() if str(tmp_path) in v or "/where/" in v], params
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/1", dst_path=str(tmp_path / "dl")))
+    mlmodel = (local / "MLmodel").read_text()
+    assert "cxrstudy-model-" not in mlmodel and tempfile.gettempdir() + "/" not in mlmodel, mlmodel
+    arts = yaml.safe_load(mlmodel)["flavors"]["python_function"]["artifacts"]
+    assert {k: v["uri"] for k, v in arts.items()} == {"weights": "artifacts/weights.pt", "config": "artifacts/config.json"}
+    assert len(mlflow.pyfunc.load_model(f"models:/{name}/1").predict(_images(n=2))) == 2  # still loads and predicts
+    uri = f"models:/{name}/1"
+    with pytest.raises(DataError) as e:
+        load_trained(uri)
+    assert "\n" not in str(e.value) and "data_root and roots pad=<path>" in str(e.value) and uri in str(e.value)
+    with pytest.raises(DataError, match="give roots pad=<path>"):
+        load_trained(uri, data_root=str(root))
+    trained = load_trained(uri, data_root=str(root), roots=(("pad", str(pad)),), cache_dir=str(tmp_path / "c2"))
+    assert trained.spec == DataSpec(source="real", data_root=str(root), roots=(("pad", str(pad)),), image_size=32,
+                                    cache_dir=str(tmp_path / "c2"))
+    assert trained.envs == ["cxp", "pad"] and trained.threshold == 0.5
 
 
 class _Evil:

@@ -264,7 +264,7 @@ def _train_holding_lock(cfg: TrainConfig, *, force: bool, device: str, progress:
         tracking.mark_synthetic(cfg.data.is_synthetic)
         tracking.log_params({**{k: v for k, v in cfg.to_dict().items() if k != "data"},
                              "source": cfg.data.source, "image_size": cfg.image_size,
-                             "data_spec": cfg.data.to_dict(), "config_hash": h, "device": str(dev)}, prefix="cfg.")
+                             "data_spec": cfg.data.to_log_dict(), "config_hash": h, "device": str(dev)}, prefix="cfg.")
         data = prepare_data(cfg, progress=progress)
         tracking.log_params({k.replace("/", "."): (round(v, 6) if isinstance(v, float) else v)
                              for k, v in data.counts.items()}, prefix="data.")
@@ -307,7 +307,7 @@ def _train_holding_lock(cfg: TrainConfig, *, force: bool, device: str, progress:
             metadata={"envs": list(cfg.envs), "config_hash": h})
         version = registered.version
         mlflow.set_tags({"registered_model": name, "registered_version": str(version)})
-        tracking.log_json({"config": cfg.to_dict(), "config_hash": h, "threshold": out.threshold,
+        tracking.log_json({"config": cfg.to_log_dict(), "config_hash": h, "threshold": out.threshold,
                            "best_step": out.best_step, "history": out.history, "counts": data.counts},
                           "train_summary.json")
         run_id = active.info.run_id
