@@ -74,8 +74,9 @@ def _installed(pkg: str) -> bool:
 
 def signature() -> ModelSignature:
     """Outputs ``probability`` (double) and ``prediction`` (long). There is no input schema on
-    purpose: the input is either a uint8 ``(N, H, W)`` array of any size or a list of image paths,
-    and MLflow's schema check would turn away the paths; the input example shows the array."""
+    purpose: the input is base64-encoded PNG/JPEG strings or pixel arrays of any size and shape
+    (see ``pyfunc_model``), which one MLflow schema cannot describe; the input example shows the
+    array form."""
     return ModelSignature(inputs=None, outputs=Schema([ColSpec("double", "probability"),
                                                        ColSpec("long", "prediction")]))
 
@@ -104,8 +105,9 @@ def version_description(tags: dict) -> str:
         f"{'SYNTHETIC hospitals (not for patients) ' if synthetic else ''}{tags['hospitals'].replace(',', '+')} "
         f"with balance={tags['balance']}, method={tags[keys.METHOD_TAG]}, seed {tags['seed']}. "
         f"Best validation checkpoint (step {tags['best_step']}): {val}; decision threshold "
-        f"{float(tags['threshold']):.2f}, chosen on validation. Input: grayscale images as a uint8 array "
-        f"(N, H, W) of any size, or a list of image file paths; the model resizes them to "
+        f"{float(tags['threshold']):.2f}, chosen on validation. Input: chest X-rays as base64-encoded "
+        f"PNG/JPEG strings, or pixels on the uint8 scale as (N, H, W) or one (H, W) or (H, W, 3) image of any "
+        f"size (colour is converted to grayscale); the model reads no files, resizes to "
         f"{tags['image_size']} px and scales by 1/255. Output: a table with probability and prediction "
         f"(probability >= threshold). Artifacts are a state dict and a JSON config, no pickle: "
         f"cxrstudy.tracking.registry.load_model loads them with torch.load(weights_only=True). "
