@@ -34,7 +34,7 @@ CHECK_SERVER := $(PY) -m cxrstudy.tracking.server
 
 demo: setup
 	@$(CHECK_SERVER)
-	mlflow run . --env-manager local -e main -P workers=2
+	mlflow run . --env-manager local -e main
 
 bench: setup
 	@$(CHECK_SERVER)

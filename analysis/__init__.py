@@ -4,8 +4,8 @@ hypothesis 2 (does balancing help), figures and a markdown report.
     from analysis import run_analysis
     result = run_analysis(experiment_ids=["1"], source="synthetic", out_dir="analysis_out")
 
-Everything is read from the MLflow tracking store (``mlflow.search_runs``); see
-:mod:`analysis.queries`.
+Everything is read from the MLflow tracking store, and the analyze run is logged there, through
+:mod:`analysis.queries` alone.
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ import pandas as pd
 from cxrstudy.tracking import keys
 
 from .dose import headline_strength
-from .queries import (SETTINGS_COLUMNS, comparison_runs, comparison_table, gc_paused, latest_dataset_stats,
-                      latest_per_setting, resolve_experiment_ids, seed_set)
+from .noise_floor import noise_floor_metrics, noise_floor_sentence, noise_floor_summary
+from .noise_floor import report_section as noise_floor_report
+from .queries import (SETTINGS_COLUMNS, active_run_id, comparison_runs, comparison_table, experiment_names,
+                      gc_paused, latest_dataset_stats, latest_per_setting, log_results, noise_floor_runs,
+                      probe_runs, resolve_experiment_ids, seed_set)
 from .summary import as_metrics, headline, headline_sentence, hypothesis2_summary, hypothesis2_table
 
 __all__ = ["run_analysis", "log_results", "comparison_table", "comparison_runs", "latest_dataset_stats",
@@ -28,20 +31,8 @@ __all__ = ["run_analysis", "log_results", "comparison_table", "comparison_runs",
            "format_headline", "latest_per_setting"]
 
 
-def _experiment_names(experiment_ids) -> str:
-    import mlflow
-
-    out = []
-    for eid in experiment_ids:
-        try:
-            out.append(f"{mlflow.get_experiment(str(eid)).name!r} (id {eid})")
-        except Exception:
-            out.append(f"id {eid}")
-    return ", ".join(out)
-
-
 def no_runs_message(experiment_ids, source=None) -> str:
-    where = _experiment_names(experiment_ids)
+    where = experiment_names(experiment_ids)
     src = f" with source={source}" if source else ""
     return (f"no FINISHED comparison runs{src} in experiment {where}; run `mlflow run . -e compare ...` "
             f"or `-e main` first")
@@ -62,10 +53,8 @@ def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *
 
     Returns ``{"settings", "headline", "hypothesis2", "hypothesis2_summary", "metrics", "files",
     "figures", "report", "out_dir", "experiment_ids", "source", "n_runs", "synthetic", "fake",
-    "dataset_stats", "seconds", "timings"}``.
+    "dataset_stats", "noise_floor", "seconds", "timings"}`` (``noise_floor``: the A/A summary, or None).
     """
-    import mlflow
-
     from cxrstudy.errors import DataError
 
     t0 = time.perf_counter()
@@ -125,25 +114,29 @@ def run_analysis(experiment_ids=None, source: str | None = None, out_dir=None, *
     method_lines, method_numbers = _method_section(at_headline, out, files, figures=figures)
     dose_lines, dose_numbers = _dose_section(all_settings, ids, source, out, files, figures=figures)
     flag_lines = model_flags(all_settings)
+    floor_lines, floor = _noise_floor_section(ids, source, settings, seeds, out, files)
 
     from .report import write_report
 
     meta = {"experiment_ids": ids, "source": source, "n_runs": len(runs)}
-    files["report.md"] = write_report(settings, head, h2, stats, figs, out, meta=meta, extra_sections=flag_lines + dose_lines + method_lines + probe_lines)
+    files["report.md"] = write_report(settings, head, h2, stats, figs, out, meta=meta, extra_sections=floor_lines + flag_lines + dose_lines + method_lines + probe_lines,
+                                     headline_notes=[f"**{noise_floor_sentence(floor)}**"] if floor else None)
     result = {
         "settings": settings, "headline": head, "hypothesis2": h2, "hypothesis2_summary": hypothesis2_summary(h2),
-        "metrics": {**as_metrics(head, h2), **method_numbers, **dose_numbers, **probe_numbers}, "files": files, "figures": figs, "report": files["report.md"],
+        "metrics": {**as_metrics(head, h2), **method_numbers, **dose_numbers, **probe_numbers,
+                    **(noise_floor_metrics(floor) if floor else {})},
+        "noise_floor": floor, "files": files, "figures": figs, "report": files["report.md"],
         "out_dir": out, "experiment_ids": ids, "source": source, "n_runs": len(runs),
         "synthetic": bool(settings["synthetic"].any()), "fake": bool(settings["fake"].any()),
         "dataset_stats": stats,
     }
-    logged = bool(log or (log is None and mlflow.active_run() is not None))
+    logged = bool(log or (log is None and active_run_id() is not None))
     if logged:
         log_results(result)
     if verbose:
         print(format_headline(result, report_path=not logged), flush=True)
         if logged:
-            print(f"report: report.md among the artifacts of MLflow run {mlflow.active_run().info.run_id} "
+            print(f"report: report.md among the artifacts of MLflow run {active_run_id()} "
                   f"(`make ui`, then open that run)", flush=True)
     result["seconds"] = time.perf_counter() - t0
     result["timings"] = timings
@@ -175,11 +168,24 @@ def model_flags(settings) -> list[str]:
     return lines + [""]
 
 
+def _noise_floor_section(ids, source, settings, seeds, out: Path, files: dict):
+    """The A/A table and report lines (at the strengths of the headline's settings, over the study's
+    seeds), and their summary; nothing when the experiments hold no A/A comparison."""
+    strengths = settings["shortcut_strength"].dropna().unique().tolist() if "shortcut_strength" in settings else []
+    runs = noise_floor_runs(ids, source, seeds=seeds, shortcut_strengths=strengths or None)
+    if runs.empty:
+        return [], None
+    files["noise_floor.csv"] = out / "noise_floor.csv"
+    runs.to_csv(files["noise_floor.csv"], index=False)
+    summary = noise_floor_summary(runs)
+    return noise_floor_report(runs, summary), summary
+
+
 def _dose_section(settings, ids, source, out: Path, files: dict, *, figures: bool):
     """The dose-response table, figure and report lines when the comparisons span several shortcut
     strengths (else nothing)."""
     from .dose import dose_figure, dose_metrics, dose_table, report_section, strengths_of
-    from .probes import probe_accuracy_by_strength, probe_runs
+    from .probes import probe_accuracy_by_strength
 
     if len(strengths_of(settings)) < 2:
         return [], {}
@@ -212,7 +218,7 @@ def _method_section(settings, out: Path, files: dict, *, figures: bool):
 
 def _probe_section(ids, source, out: Path, files: dict, *, synthetic: bool, figures: bool):
     """The probe table, figure and report lines when the experiments hold probe runs (else nothing)."""
-    from .probes import probe_figure, probe_metrics, probe_runs, probe_summary, report_section
+    from .probes import probe_figure, probe_metrics, probe_summary, report_section
 
     runs = probe_runs(ids, source)
     if runs.empty:
@@ -238,25 +244,14 @@ def format_headline(result: dict, report_path: bool = True) -> str:
     if "none" in result["headline"]:
         lines.append(f"(paper: adding a hospital hurt WGA in 43% of 108 settings; here "
                      f"{result['headline']['none']['hurt_fraction']:.0%} of {result['headline']['none']['n_settings']})")
+    if result.get("noise_floor"):
+        lines.append(f"[noise floor] {noise_floor_sentence(result['noise_floor'])}")
     s = result["hypothesis2_summary"]
     if s["n_settings"]:
         lines.append(f"[hypothesis 2] balanced model beat both in {s['n_balanced_beats_both']} of {s['n_settings']} "
-                     f"settings; worse than both in {s['n_balanced_worse_than_both']}")
+                     f"settings ({s['n_balanced_beats_both_significant']} with both CIs above 0); worse than both "
+                     f"in {s['n_balanced_worse_than_both']} ({s['n_balanced_worse_than_both_significant']} with both "
+                     f"CIs below 0)")
     if report_path:
         lines.append(f"report: {result['report']}")
     return "\n".join(lines)
-
-
-def log_results(result: dict) -> None:
-    """Log the analysis metrics, files and a few provenance params to the active MLflow run."""
-    import mlflow
-
-    from cxrstudy.tracking import runs as tracking
-
-    tracking.log_params({"experiment_ids": ",".join(result["experiment_ids"]), "source": result["source"] or "all",
-                         "n_runs": result["n_runs"], "n_settings_total": len(result["settings"])},
-                        prefix="cfg.analysis.")
-    if result["metrics"]:
-        mlflow.log_metrics(result["metrics"])
-    for path in result["files"].values():
-        mlflow.log_artifact(str(path))

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrstudy.data.synthetic.config import headline_strength as pick_headline_strength
 from cxrstudy.tracking import keys
 
 from .methods import mean_ci
@@ -62,11 +63,11 @@ def strengths_of(settings: pd.DataFrame) -> list[float]:
 
 def headline_strength(settings: pd.DataFrame) -> float | None:
     """The strength whose comparisons make the study's headline when several were run: the default
-    (1) when present, else the largest."""
+    (1) when present, else the largest (:func:`cxrstudy.data.synthetic.config.headline_strength`)."""
     strengths = strengths_of(settings)
     if len(strengths) < 2:
         return None
-    return 1.0 if 1.0 in strengths else strengths[-1]
+    return pick_headline_strength(strengths)
 
 
 def dose_table(settings: pd.DataFrame, probe_accuracy: dict | None = None) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """The hospital-identifiability probes of a study: query, summary table, figure, report section.
 
 Probe runs (``mlflow run . -e probe`` or ``main -P probe=true``) log ``probe/<a>_vs_<b>/label<v>/acc``
-and friends; this module reads them back with ``mlflow.search_runs`` only.
+and friends; :func:`analysis.queries.probe_runs` reads them back.
 """
 
 from __future__ import annotations
@@ -9,40 +9,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
 
 from cxrstudy.hospitals import HOSPITALS
 from cxrstudy.tracking import keys
 
-PROBE_FILTER = f"tags.`{keys.ENTRY_TAG}` = '{keys.ENTRY_PROBE}' and attributes.status = 'FINISHED'"
 PAIR_METRIC = re.compile(r"^probe/([a-z]+)_vs_([a-z]+)/label([01])/acc$")
 #: the paper: mean probe accuracy >= 0.93 for every pair of hospitals
 PAPER_MIN_PAIR_ACC = 0.93
 SUMMARY_COLUMNS = ["model", "train_envs", "label", "balance", "seed", "probe_envs", "pairs_mean_label0",
                    "pairs_min_label0", "all_label0", "pairs_mean_label1", "control_mean", "label_probe_mean",
                    "run_id"]
-
-
-def probe_runs(experiment_ids, source: str | None = None) -> pd.DataFrame:
-    """The newest FINISHED probe run per (model, probe hospitals): one row each, tags and metrics."""
-    flt = PROBE_FILTER + (f" and tags.source = '{source}'" if source else "")
-    runs = mlflow.search_runs(experiment_ids=list(experiment_ids), filter_string=flt, output_format="list",
-                              order_by=["attributes.start_time DESC"])
-    rows, seen = [], set()
-    for r in runs:
-        t = r.data.tags
-        key = (t.get("model_uri"), t.get("probe_envs"))
-        if key in seen:
-            continue
-        seen.add(key)
-        rows.append({"run_id": r.info.run_id, "model": t.get("model_uri", ""), "train_envs": t.get("train_envs", ""),
-                     "label": t.get("label", ""), "balance": t.get("balance", ""), "seed": t.get("seed", ""),
-                     "probe_envs": t.get("probe_envs", ""), "metrics": dict(r.data.metrics),
-                     "shortcut_strength": float(t[keys.SHORTCUT_STRENGTH_TAG]) if t.get(keys.SHORTCUT_STRENGTH_TAG)
-                     else np.nan})
-    return pd.DataFrame(rows)
 
 
 def pair_accuracies(runs: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""Read comparison results back from MLflow (tracking store only, no local files).
+"""The analysis's one door to MLflow: read comparison, probe, A/A and preprocess runs back from the
+tracking store (no local files), and log the analyze run's results.
 
 A comparison run (``cxrstudy.runs.study.run_compare``) carries the setting in its tags (``base``,
 ``added``, ``label``, ``balance``, ``source``) and the result in ``compare/*`` metrics. A
@@ -15,6 +16,7 @@ SQLite store.
 from __future__ import annotations
 
 import gc
+import re
 import tempfile
 from contextlib import contextmanager
 
@@ -31,7 +33,9 @@ from cxrstudy.train.methods import method_names
 SETTINGS_COLUMNS = ["base", "added", "label", "balance", "method", "shortcut_strength", "n_seeds", "wga_single", "wga_pair",
                     "delta_mean", "delta_ci_low", "delta_ci_high", "hurt", "worst_group_n_single",
                     "worst_group_n_pair", "n_constant_models", "n_unconverged_models", "attributable_delta", "attributable_ci_low",
-                    "attributable_ci_high", *keys.PER_HOSPITAL_WGA]
+                    "attributable_ci_high", *keys.PER_HOSPITAL_WGA, "delta_patient_ci_low", "delta_patient_ci_high",
+                    "delta_seed_sd", "seeds_same_sign", "per_seed_delta", "balanced_minus_pair",
+                    "balanced_minus_pair_ci_low", "balanced_minus_pair_ci_high"]
 #: ``comparison_table`` adds these (provenance) after the settings columns.
 EXTRA_COLUMNS = ["run_id", "source", "synthetic", "fake", "seeds", "start_time", "experiment_id"]
 #: One setting = one row: the newest FINISHED run per key.
@@ -53,7 +57,13 @@ _METRICS = {  # column -> metric key
     "n_constant_models": keys.compare_metric("n_constant_models"),
     "n_unconverged_models": keys.compare_metric("n_unconverged_models"),
     **{k: keys.compare_metric(k) for k in keys.ATTRIBUTABLE_METRICS + keys.PER_HOSPITAL_WGA},
+    **{k: keys.compare_metric(k) for k in ("delta_patient_ci_low", "delta_patient_ci_high", "delta_seed_sd",
+                                           "seeds_same_sign", "balanced_minus_pair", "balanced_minus_pair_ci_low",
+                                           "balanced_minus_pair_ci_high")},
 }
+
+
+_SEED_DELTA = re.compile(re.escape(keys.COMPARE_PREFIX) + r"seed(\d+)/delta_wga")
 
 
 @contextmanager
@@ -151,6 +161,9 @@ def _rows(runs) -> list[dict]:
         }
         for col, key in _METRICS.items():
             row[col] = metrics.get(key, np.nan)
+        # each seed's delta, in seed order ("+0.012;-0.030;+0.005"), from compare/seed<k>/delta_wga
+        per_seed = sorted((int(m[1]), v) for k, v in metrics.items() if (m := _SEED_DELTA.fullmatch(k)))
+        row["per_seed_delta"] = ";".join(f"{v:+.3f}" for _, v in per_seed)
         if np.isnan(row["n_seeds"]) and seeds:
             row["n_seeds"] = len([s for s in seeds.split(",") if s.strip()])
         rows.append(row)
@@ -204,3 +217,96 @@ def latest_dataset_stats(experiment_ids=None, source: str | None = None) -> pd.D
         stats.attrs["run_id"] = r.info.run_id
         return stats
     return None
+
+
+# --- probes and the A/A noise floor -----------------------------------------------------------
+
+PROBE_FILTER = f"tags.`{keys.ENTRY_TAG}` = '{keys.ENTRY_PROBE}' and attributes.status = 'FINISHED'"
+NOISE_FLOOR_FILTER = f"tags.`{keys.ENTRY_TAG}` = '{keys.ENTRY_NOISE_FLOOR}' and attributes.status = 'FINISHED'"
+NOISE_FLOOR_COLUMNS = ["hospitals", "eval_hospitals", "label", "arm", "shortcut_strength", "seeds", "seeds_b",
+                       "delta_wga", "delta_ci_low", "delta_ci_high", "significant", "delta_seed_sd",
+                       "n_constant_models", "n_unconverged_models", "run_id"]
+
+
+def probe_runs(experiment_ids, source: str | None = None) -> pd.DataFrame:
+    """The newest FINISHED probe run per (model, probe hospitals): one row each, tags and metrics."""
+    flt = PROBE_FILTER + (f" and tags.source = '{source}'" if source else "")
+    runs = mlflow.search_runs(experiment_ids=list(experiment_ids), filter_string=flt, output_format="list",
+                              order_by=["attributes.start_time DESC"])
+    rows, seen = [], set()
+    for r in runs:
+        t = r.data.tags
+        key = (t.get("model_uri"), t.get("probe_envs"))
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append({"run_id": r.info.run_id, "model": t.get("model_uri", ""), "train_envs": t.get("train_envs", ""),
+                     "label": t.get("label", ""), "balance": t.get("balance", ""), "seed": t.get("seed", ""),
+                     "probe_envs": t.get("probe_envs", ""), "metrics": dict(r.data.metrics),
+                     "shortcut_strength": float(t[keys.SHORTCUT_STRENGTH_TAG]) if t.get(keys.SHORTCUT_STRENGTH_TAG)
+                     else np.nan})
+    return pd.DataFrame(rows)
+
+
+def noise_floor_runs(experiment_ids, source: str | None = None, *, seeds=None, shortcut_strengths=None
+                     ) -> pd.DataFrame:
+    """The newest FINISHED A/A comparison per (configuration, seed sets, strength), optionally only
+    those over ``seeds`` (arm a) and at ``shortcut_strengths``."""
+    flt = NOISE_FLOOR_FILTER + (f" and tags.source = '{source}'" if source else "")
+    with gc_paused():
+        runs = mlflow.search_runs(experiment_ids=list(experiment_ids), filter_string=flt, output_format="list",
+                                  order_by=["attributes.start_time DESC"])
+    rows, seen = [], set()
+    for r in runs:
+        t, m = r.data.tags, r.data.metrics
+        strength = float(t[keys.SHORTCUT_STRENGTH_TAG]) if t.get(keys.SHORTCUT_STRENGTH_TAG) else np.nan
+        row = {"hospitals": t.get("hospitals", ""), "eval_hospitals": t.get("eval_hospitals", ""),
+               "label": t.get("label", ""), "arm": t.get("arm", ""), "shortcut_strength": strength,
+               "seeds": t.get(keys.SEEDS_TAG, ""), "seeds_b": t.get(keys.AA_SEEDS_TAG, ""), "run_id": r.info.run_id,
+               **{k: m.get(keys.NOISE_FLOOR_PREFIX + k, np.nan) for k in keys.NOISE_FLOOR_METRICS}}
+        key = (row["hospitals"], row["label"], row["seeds"], row["seeds_b"], row["eval_hospitals"], strength)
+        if key in seen:
+            continue
+        seen.add(key)
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=NOISE_FLOOR_COLUMNS)
+    if seeds:
+        df = df[df["seeds"].map(seed_set) == seed_set(seeds)]
+    if shortcut_strengths:
+        df = df[df["shortcut_strength"].isna() | df["shortcut_strength"].isin([float(v) for v in shortcut_strengths])]
+    return df.reset_index(drop=True)
+
+
+# --- the analyze run -------------------------------------------------------------------------
+
+def experiment_names(experiment_ids) -> str:
+    import mlflow
+
+    out = []
+    for eid in experiment_ids:
+        try:
+            out.append(f"{mlflow.get_experiment(str(eid)).name!r} (id {eid})")
+        except Exception:
+            out.append(f"id {eid}")
+    return ", ".join(out)
+
+
+def active_run_id() -> str | None:
+    """The id of the active MLflow run (the analyze run), or None."""
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else None
+
+
+def log_results(result: dict) -> None:
+    """Log the analysis metrics, files and a few provenance params to the active MLflow run."""
+    import mlflow
+
+    from cxrstudy.tracking import runs as tracking
+
+    tracking.log_params({"experiment_ids": ",".join(result["experiment_ids"]), "source": result["source"] or "all",
+                         "n_runs": result["n_runs"], "n_settings_total": len(result["settings"])},
+                        prefix="cfg.analysis.")
+    if result["metrics"]:
+        mlflow.log_metrics(result["metrics"])
+    for path in result["files"].values():
+        mlflow.log_artifact(str(path))

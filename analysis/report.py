@@ -91,6 +91,9 @@ def _settings_table(settings: pd.DataFrame, several_sources: bool) -> pd.DataFra
         else:
             flag.append("")
     t["result"] = flag
+    if "per_seed_delta" in settings and (settings["n_seeds"].astype(float) > 1).any():
+        t["per-seed deltas"] = [str(v).replace(";", ", ") if isinstance(v, str) and v else "\u2013"
+                                for v in settings["per_seed_delta"]]
     return t
 
 
@@ -127,6 +130,7 @@ def _headline_section(head: dict, synthetic: bool) -> list[str]:
                                 f"({_pct(hh['n_helped_significant'], hh['n_settings'])})",
         "mean delta": f"{hh['mean_delta']:+.3f}",
         "median delta": f"{hh['median_delta']:+.3f}",
+        **({"one sign in every seed": f"{hh['n_same_sign']} of {hh['n_multi_seed']}"} if hh.get("n_multi_seed") else {}),
     } for mode, hh in head.items()])
     out += [md_table(rows), ""]
     return out
@@ -147,7 +151,9 @@ def _h2_section(h2: pd.DataFrame | None) -> list[str]:
             f"({_pct(s['n_balanced_beats_pair'], n)}; mean change {s['mean_balanced_minus_pair']:+.3f}). It beat "
             f"both the single-hospital and the unbalanced two-hospital model in {s['n_balanced_beats_both']} "
             f"({_pct(s['n_balanced_beats_both'], n)}) and was worse than both in "
-            f"{s['n_balanced_worse_than_both']} ({_pct(s['n_balanced_worse_than_both'], n)}). ")
+            f"{s['n_balanced_worse_than_both']} ({_pct(s['n_balanced_worse_than_both'], n)}). By the study's seed-aware "
+            f"rule (both 95% CIs on one side of 0) it beat both in {s['n_balanced_beats_both_significant']} and was "
+            f"worse than both in {s['n_balanced_worse_than_both_significant']}. ")
     if len(hurt):
         text += (f"Of the {len(hurt)} of these settings where adding the hospital hurt, balancing brought WGA back "
                  f"to at least the single-hospital level in {fixed} ({_pct(fixed, len(hurt))}). ")
@@ -165,12 +171,13 @@ def _h2_section(h2: pd.DataFrame | None) -> list[str]:
 
 def write_report(settings: pd.DataFrame, headline: dict, h2: pd.DataFrame | None, dataset_stats: pd.DataFrame | None,
                  figures: dict | list | None, out_dir, *, meta: dict | None = None,
-                 extra_sections: list[str] | None = None) -> Path:
+                 extra_sections: list[str] | None = None, headline_notes: list[str] | None = None) -> Path:
     """Write ``out_dir/report.md`` and return its path.
 
     ``figures``: {name: path} or a list of paths (embedded by path relative to ``out_dir``);
     ``meta`` (optional): ``experiment_ids``, ``source``, ``n_runs`` for the provenance line;
-    ``extra_sections``: markdown lines placed before the settings table (e.g. the probe section).
+    ``extra_sections``: markdown lines placed before the settings table (e.g. the probe section);
+    ``headline_notes``: lines placed right under the headline (e.g. the A/A noise floor).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,6 +203,8 @@ def write_report(settings: pd.DataFrame, headline: dict, h2: pd.DataFrame | None
     lines += [f"_{'; '.join(prov)}. Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}._", ""]
 
     lines += _headline_section(headline, synthetic)
+    if headline_notes:
+        lines += [*headline_notes, ""]
     lines += _h2_section(h2)
 
     figs = list(figures.values()) if isinstance(figures, dict) else list(figures or [])
@@ -231,7 +240,9 @@ def write_report(settings: pd.DataFrame, headline: dict, h2: pd.DataFrame | None
               "the test splits of A and B; groups are (hospital, label value); worst-group accuracy (WGA) is the "
               "lowest group accuracy (TPR on positives, TNR on negatives).",
               "- delta = WGA(A+B) - WGA(A), averaged over seeds; the setting is *hurt* when this mean is below 0. "
-              "The 95% CI is a paired, patient-level bootstrap.",
+              "The 95% CI is seed-aware: a paired, patient-level bootstrap (test sampling) widened by the spread of "
+              "the per-seed deltas (training randomness); each source's half-width is added in quadrature "
+              "(docs/PROTOCOL.md \"Statistics\"). With one seed it covers test sampling only.",
               "- `settings.csv` and `hypothesis2.csv` next to this report hold the numbers.", ""]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines))

@@ -5,7 +5,9 @@
 
 Preprocess, the training grid (single-hospital, two-hospital and balanced two-hospital models,
 for each training method in ``-P methods=erm,groupdro,...``),
-every comparison, then the analysis, as nested MLflow runs under one parent. With ``-P probe=true``
+every comparison, the A/A noise floor (each unbalanced configuration compared with itself under a
+second, disjoint seed set: seeds 3,4,5 against the study's 0,1,2; ``-P noise_floor=false`` skips it),
+then the analysis, as nested MLflow runs under one parent. Seeds 0,1,2 by default (the paper's protocol). With ``-P probe=true``
 every trained model also gets a hospital-identifiability probe run (on the study's hospitals),
 and the analysis report gains a probe table and figure. On the synthetic hospitals,
 ``-P shortcut_strengths=0,0.5,1,2`` trains the same grid at each shortcut strength (the same
@@ -27,13 +29,14 @@ from cxrstudy.runs.launchers import LAUNCHER_PARAMS  # noqa: E402
 PARAMS = {
     "envs": "mimic,cxp,nih",
     "labels": "Effusion,Any",
-    "seeds": "0",
+    "seeds": "0,1,2",
     "balances": "none,hospital_label",
     "methods": "erm",
     "shortcut_strengths": "",
     "workers": "auto",
     "n_bootstrap": "1000",
     "probe": "false",
+    "noise_floor": "true",
     **{k: v for k, v in TRAIN_PARAMS.items() if k not in ("envs", "label", "seed", "balance", "method", "force",
                                                           "parent_run_id")},
     **LAUNCHER_PARAMS,
@@ -74,6 +77,7 @@ def main(argv=None) -> None:
         launcher = launcher_from_params(raw)
         n_boot = as_int("n_bootstrap", raw["n_bootstrap"], lo=10, hi=100000)
         probe = as_bool("probe", raw["probe"])
+        noise_floor = as_bool("noise_floor", raw["noise_floor"])
         methods = parse_method_list(raw["methods"], given={k: v for k, v in raw.items() if optional(v)})
         template = config_from_params({**raw, "envs": envs[0], "label": labels[0], "seed": "0", "balance": "none",
                                        "method": methods[0]})
@@ -87,7 +91,7 @@ def main(argv=None) -> None:
         launcher.check(tracking.setup())
         run_main(template, envs, labels, seeds, balances, workers=workers, n_bootstrap=n_boot, device=raw["device"],
                  probe=probe, launcher=launcher, analyze=run_analysis,
-                 methods=method_templates(template, methods, raw), strengths=strengths)
+                 methods=method_templates(template, methods, raw), strengths=strengths, noise_floor=noise_floor)
 
     cli.run(body)
 

@@ -57,12 +57,13 @@ def store(migrated_db, tmp_path, monkeypatch):
 @pytest.fixture
 def tiny_main_argv(tmp_path):
     """``tiny_main_argv(*extra)``: the argument list of a ``main`` over cxp+nih, label Any, seed 0,
-    unbalanced, with tiny models and 200 synthetic patients (cache under tmp), plus ``extra``."""
+    unbalanced, with tiny models and 200 synthetic patients (cache under tmp), without the A/A noise
+    floor (tests/test_noise_floor.py covers it), plus ``extra`` (a later value of a flag wins)."""
 
     def argv(*extra: str) -> list[str]:
         return ["--envs", "cxp,nih", "--labels", "Any", "--seeds", "0", "--balances", "none", "--preset", "cpu",
                 "--image_size", "32", "--batch_size", "16", "--synthetic_patients", "200", "--n_bootstrap", "50",
                 "--max_steps", "6", "--eval_every", "3", "--workers", "1", "--cache_dir", str(tmp_path / "cache"),
-                *extra]
+                "--noise_floor", "false", *extra]
 
     return argv

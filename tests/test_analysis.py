@@ -223,6 +223,27 @@ def test_hypothesis2_flags():
     assert m["analysis/balanced/hurt_fraction"] == pytest.approx(2 / 3)
     assert m["analysis/size_matched/n_settings"] == 1
     assert m["analysis/h2/balanced_worse_than_both_fraction"] == pytest.approx(1 / 3)
+    assert not h2["balanced_beats_both_significant"].any()  # no balanced-vs-pair CI logged: never significant
+
+
+def test_hypothesis2_significance_needs_both_seed_aware_cis_on_one_side():
+    s = settings_frame([
+        ("cxp", "nih", "Edema", "none", 0.60, 0.50, -0.15, -0.05),
+        ("cxp", "nih", "Edema", "hospital_label", 0.60, 0.70, 0.05, 0.15),   # beats both, both CIs > 0
+        ("nih", "cxp", "Edema", "none", 0.60, 0.50, -0.15, -0.05),
+        ("nih", "cxp", "Edema", "hospital_label", 0.60, 0.70, 0.05, 0.15),   # beats both, pair CI spans 0
+        ("pad", "cxp", "Edema", "none", 0.60, 0.70, 0.05, 0.15),
+        ("pad", "cxp", "Edema", "hospital_label", 0.60, 0.50, -0.15, -0.05),  # worse than both, both CIs < 0
+    ])
+    bal = s["balance"] == "hospital_label"
+    s.loc[bal, "balanced_minus_pair_ci_low"] = [0.02, -0.05, -0.30]
+    s.loc[bal, "balanced_minus_pair_ci_high"] = [0.30, 0.30, -0.10]
+    h2 = hypothesis2_table(s).set_index(["base", "added"])
+    assert h2["balanced_beats_both"].tolist() == [True, True, False]
+    assert h2["balanced_beats_both_significant"].tolist() == [True, False, False]
+    assert h2["balanced_worse_than_both_significant"].tolist() == [False, False, True]
+    summ = analysis.hypothesis2_summary(h2.reset_index())
+    assert (summ["n_balanced_beats_both_significant"], summ["n_balanced_worse_than_both_significant"]) == (1, 1)
 
 
 # --- files: settings.csv, figures, report ----------------------------------------------------------
@@ -252,7 +273,7 @@ def test_run_analysis_files_and_report(store, tmp_path):
     text = (out / "report.md").read_text()
     first = text.splitlines()[:4]
     assert any("WARNING: SYNTHETIC DATA" in line for line in first)
-    assert "Adding a second hospital lowered WGA in 2 of 4 settings (50%); in 1 (25%) the whole 95% CI was below 0" \
+    assert "Adding a second hospital lowered WGA in 2 of 4 settings (50%); in 1 (25%) the whole seed-aware 95% CI was below 0" \
         in text
     assert "43%" in text and "108" in text
     assert "worse than both in 1 (50%)" in text and "such settings exist" in text

@@ -214,3 +214,50 @@ def test_timing_1000_resamples_30k_subjects():
         f"wga_bootstrap {t1 - t0:.2f}s, paired_delta_bootstrap {t2 - t1:.2f}s"
     )
     assert res["n_subjects"] == 30_000
+
+
+# ----------------------------------------------------------- seed-aware intervals
+
+
+def test_identical_seeds_give_the_patient_bootstraps_interval():
+    a0 = make_predictions(200, 0.7, seed=0)
+    pair = (with_preds(a0, 0.7, 10), with_preds(a0, 0.85, 20))
+    one = paired_delta_bootstrap(*pair, n_resamples=300, seed=2)
+    same = mean_delta_bootstrap([pair] * 3, n_resamples=300, seed=2)
+    assert same["seed_sd"] == 0 and same["n_seeds"] == 3
+    assert (same["low"], same["high"]) == (one["low"], one["high"])
+    assert (same["patient_low"], same["patient_high"]) == (one["low"], one["high"])
+
+
+def test_seeds_that_disagree_widen_the_interval():
+    a0 = make_predictions(300, 0.7, seed=0)
+    # per-seed two-hospital models of very different quality: the deltas spread over seeds
+    pairs = [(with_preds(a0, 0.75, 10 + k), with_preds(a0, acc, 20 + k)) for k, acc in enumerate((0.6, 0.75, 0.9))]
+    res = mean_delta_bootstrap(pairs, n_resamples=300, seed=2)
+    sd = np.std(res["per_seed"], ddof=1)
+    assert res["seed_sd"] == pytest.approx(sd) and sd > 0.05
+    assert res["low"] < res["patient_low"] and res["high"] > res["patient_high"]
+    # each side: patient half-width and t(0.975, 2) * sd / sqrt(3) in quadrature
+    h_seed = 4.302652729911275 * sd / np.sqrt(3)
+    assert res["seed_halfwidth"] == pytest.approx(h_seed)
+    assert res["estimate"] - res["low"] == pytest.approx(np.hypot(res["estimate"] - res["patient_low"], h_seed))
+    assert res["high"] - res["estimate"] == pytest.approx(np.hypot(res["patient_high"] - res["estimate"], h_seed))
+
+
+def test_seed_aware_rule_is_calibrated_where_the_patient_bootstrap_alone_is_not():
+    """A/A under training randomness: two arms of the same 'configuration', each seed's model with
+    its own accuracy drawn around the same mean (what a reseed does). The patient bootstrap alone
+    calls many of these significant; the seed-aware rule about 5% or fewer."""
+    rng = np.random.default_rng(0)
+    base = make_predictions(150, 0.8, seed=1, max_images=2)
+    calls_patient, calls_seed = 0, 0
+    reps = 60
+    for r in range(reps):
+        accs = np.clip(0.8 + rng.normal(0, 0.06, size=6), 0.5, 0.99)
+        pairs = [(with_preds(base, accs[k], 1000 * r + k), with_preds(base, accs[3 + k], 1000 * r + 3 + k))
+                 for k in range(3)]
+        res = mean_delta_bootstrap(pairs, n_resamples=200, seed=r)
+        calls_patient += res["patient_high"] < 0 or res["patient_low"] > 0
+        calls_seed += res["high"] < 0 or res["low"] > 0
+    assert calls_patient / reps > 0.2
+    assert calls_seed / reps <= 0.1

@@ -244,7 +244,8 @@ def test_evaluate_logs_the_correlation_sweep(store, tmp_path, capsys):
 def test_analysis_probe_table_figure_and_report(store, tmp_path):
     import mlflow
 
-    from analysis.probes import pair_accuracies, probe_figure, probe_metrics as study_metrics, probe_runs, \
+    from analysis.queries import probe_runs
+    from analysis.probes import pair_accuracies, probe_figure, probe_metrics as study_metrics, \
         probe_summary, report_section
 
     for i, (envs, acc) in enumerate((("cxp,nih", 0.99), ("cxp,pad", 0.97))):

@@ -30,6 +30,16 @@ group in every resample, so WGA is always defined.
 Paired comparisons (two models, or two per seed) must be evaluated on the SAME test
 images in the SAME row order: see :func:`check_aligned`. One subject resample is then
 applied to every model, which is what makes the interval of a difference narrow.
+
+Training randomness (docs/PROTOCOL.md "Statistics"): the patient bootstrap measures test
+sampling only; models trained with other seeds (or on other hardware) give other deltas.
+The intervals of seed-averaged differences (:func:`mean_delta_bootstrap`,
+:func:`difference_in_delta_bootstrap`) are therefore *seed-aware*
+(:func:`seed_aware_interval`): each side's patient-bootstrap half-width and the
+training half-width ``t(0.975, K-1) * sd(per-seed values) / sqrt(K)`` are added in
+quadrature. Seeds that agree give the patient bootstrap's interval; seeds that
+disagree widen it. With one seed the training part cannot be measured and the
+interval is the patient bootstrap's (``n_seeds = 1`` says so).
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ __all__ = [
     "paired_delta_bootstrap",
     "mean_delta_bootstrap",
     "difference_in_delta_bootstrap",
+    "seed_aware_interval",
 ]
 
 #: Columns every prediction table must have.
@@ -214,6 +225,34 @@ def _interval(samples: np.ndarray, alpha: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def seed_aware_interval(per_seed: Sequence[float], samples: np.ndarray, alpha: float = 0.05) -> dict:
+    """The interval of a seed-averaged estimate that covers training randomness and test sampling.
+
+    ``per_seed``: the estimate of each training seed (K values); ``samples``: the patient-bootstrap
+    resamples of their mean (each resample applied to every seed's models). The estimate is the
+    mean of ``per_seed``. Each side's half-width is ``sqrt(h_patients**2 + h_seeds**2)``, with
+    ``h_patients`` the distance from the estimate to that side's percentile bound and
+    ``h_seeds = t(1 - alpha/2, K-1) * sd(per_seed, ddof=1) / sqrt(K)`` (0 for K = 1).
+
+    Returns ``estimate``, ``low``, ``high``, ``patient_low``, ``patient_high`` (the patient
+    bootstrap's percentile interval), ``seed_sd``, ``seed_halfwidth`` and ``n_seeds``.
+    """
+    from scipy.stats import t as student_t
+
+    v = np.asarray(per_seed, dtype=float)
+    if v.size == 0:
+        raise ValueError("no per-seed values given")
+    estimate = float(v.mean())
+    p_low, p_high = _interval(np.asarray(samples, dtype=float), alpha)
+    k = int(v.size)
+    sd = float(v.std(ddof=1)) if k > 1 else 0.0
+    h_seed = float(student_t.ppf(1 - alpha / 2, k - 1) * sd / np.sqrt(k)) if k > 1 else 0.0
+    h_low, h_high = max(estimate - p_low, 0.0), max(p_high - estimate, 0.0)
+    return {"estimate": estimate, "low": estimate - float(np.hypot(h_low, h_seed)),
+            "high": estimate + float(np.hypot(h_high, h_seed)), "patient_low": p_low, "patient_high": p_high,
+            "seed_sd": sd, "seed_halfwidth": h_seed, "n_seeds": k}
+
+
 def _point(design: _Design, y_pred: np.ndarray, expected_envs) -> tuple[float, str]:
     groups = group_accuracy(design.envs, design.y, y_pred, expected_envs=expected_envs)
     return worst_group(groups)
@@ -271,19 +310,21 @@ def mean_delta_bootstrap(
     *,
     expected_envs: Iterable[str] | None = None,
 ) -> dict:
-    """CI of the seed-averaged WGA difference ``mean_k [WGA(b_k) - WGA(a_k)]``.
+    """Seed-aware CI of the seed-averaged WGA difference ``mean_k [WGA(b_k) - WGA(a_k)]``.
 
     ``pairs`` holds one ``(df_a, df_b)`` per training seed, e.g. (model trained on A
     alone, model trained on A and B). All tables must describe the same test images
-    (:func:`check_aligned`); each subject resample is applied to every table, so the
-    interval reflects test-set sampling of the seed-averaged delta (the protocol's
-    "hurt" criterion: mean delta < 0).
+    (:func:`check_aligned`); each subject resample is applied to every table (test-set
+    sampling of the seed-averaged delta), and :func:`seed_aware_interval` widens that
+    interval by the spread of the per-seed deltas (training randomness). The protocol's
+    "hurt" criterion is mean delta < 0.
 
-    Returns ``estimate`` (mean delta on the data), ``low``, ``high``, ``samples``
-    (mean delta per resample), ``per_seed`` (list of point deltas), ``wga_a`` and
-    ``wga_b`` (lists of point WGAs per seed), ``group_a`` and ``group_b`` (lists of
-    worst groups per seed), ``n_resamples``, ``n_subjects``,
-    ``n_incomplete``.
+    Returns ``estimate`` (mean delta on the data), ``low``, ``high`` (seed-aware),
+    ``patient_low``, ``patient_high`` (test sampling alone), ``seed_sd``,
+    ``seed_halfwidth``, ``n_seeds``, ``samples`` (mean delta per resample), ``per_seed``
+    (list of point deltas), ``wga_a`` and ``wga_b`` (lists of point WGAs per seed),
+    ``group_a`` and ``group_b`` (lists of worst groups per seed), ``n_resamples``,
+    ``n_subjects``, ``n_incomplete``.
     """
     if len(pairs) == 0:
         raise ValueError("no (df_a, df_b) pairs given")
@@ -305,11 +346,8 @@ def mean_delta_bootstrap(
     correct = [_correct(design, p) for p in preds]
     wga, n_incomplete = _resample_wga(design, correct, n_resamples, seed)
     samples = (wga[1::2] - wga[0::2]).mean(axis=0)
-    low, high = _interval(samples, alpha)
     return {
-        "estimate": float(np.mean(per_seed)),
-        "low": low,
-        "high": high,
+        **seed_aware_interval(per_seed, samples, alpha),
         "samples": samples,
         "per_seed": per_seed,
         "wga_a": wga_a,
@@ -331,7 +369,8 @@ def paired_delta_bootstrap(
     *,
     expected_envs: Iterable[str] | None = None,
 ) -> dict:
-    """CI of ``WGA(b) - WGA(a)`` for two models evaluated on the same test images.
+    """CI of ``WGA(b) - WGA(a)`` for two models evaluated on the same test images (one
+    training seed: the patient bootstrap's percentile interval).
 
     ``df_a`` and ``df_b`` must satisfy :func:`check_aligned` (same images, same row
     order). Each resample draws subjects once and evaluates both models on it.
@@ -373,7 +412,8 @@ def difference_in_delta_bootstrap(
     ``quads`` holds one ``(a, b, c, d)`` per seed: (single, pair) under the condition, then
     (single, pair) under the reference. All tables must describe the same test subjects, labels and
     rows (the synthetic hospitals at two shortcut strengths do: only the pixels differ); each
-    subject resample is applied to all of them, so the interval is paired.
+    subject resample is applied to all of them, so the interval is paired; like
+    :func:`mean_delta_bootstrap`'s it is seed-aware (:func:`seed_aware_interval`).
     """
     if len(quads) == 0:
         raise ValueError("no (a, b, c, d) tables given")
@@ -387,6 +427,5 @@ def difference_in_delta_bootstrap(
     wga, n_incomplete = _resample_wga(design, [_correct(design, p) for p in preds], n_resamples, seed)
     w = wga.reshape(len(quads), 4, -1)
     samples = ((w[:, 1] - w[:, 0]) - (w[:, 3] - w[:, 2])).mean(axis=0)
-    low, high = _interval(samples, alpha)
-    return {"estimate": float(per_seed.mean()), "low": low, "high": high, "per_seed": per_seed.tolist(),
+    return {**seed_aware_interval(per_seed, samples, alpha), "per_seed": per_seed.tolist(),
             "n_resamples": int(n_resamples), "n_subjects": design.n_subjects, "n_incomplete": n_incomplete}

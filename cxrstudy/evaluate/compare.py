@@ -3,8 +3,10 @@
 A setting is (base A, added B, label, balance). For each seed the model trained on A alone and
 the model trained on A+B (balanced as asked) are scored on A's and B's test splits; delta =
 WGA(A+B) - WGA(A) over the four (hospital, label value) groups. The setting is *hurt* when the
-mean delta over seeds is below 0; its 95% CI comes from a paired, patient-level bootstrap that
-resamples the shared test subjects once for every seed's pair of models.
+mean delta over seeds is below 0; its 95% CI is seed-aware: a paired, patient-level bootstrap that
+resamples the shared test subjects once for every seed's pair of models (test sampling), widened by
+the spread of the per-seed deltas (training randomness; see
+:func:`cxrstudy.evaluate.bootstrap.seed_aware_interval` and docs/PROTOCOL.md "Statistics").
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def pair_config(template: TrainConfig, setting: Setting, seed: int) -> TrainConf
 
 def compare_key(setting: Setting, seeds, single_hashes, pair_hashes, n_bootstrap: int) -> str:
     d = {"setting": dataclasses.asdict(setting), "seeds": list(seeds), "single": list(single_hashes),
-         "pair": list(pair_hashes), "n_bootstrap": n_bootstrap, "version": 3}
+         "pair": list(pair_hashes), "n_bootstrap": n_bootstrap, "version": 4}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -103,11 +105,21 @@ def wga_at(metrics: dict, env: str) -> float:
     return float(min(metrics[f"{env}/tpr"], metrics[f"{env}/tnr"]))
 
 
+def same_sign(values) -> bool:
+    """Whether every value is on the same side of 0 (all < 0 or all > 0)."""
+    v = np.asarray(values, dtype=float)
+    return bool(len(v) and ((v < 0).all() or (v > 0).all()))
+
+
 def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Callable[[TrainConfig], dict], *,
-            n_bootstrap: int = 1000, device: str = "auto") -> dict:
+            n_bootstrap: int = 1000, device: str = "auto",
+            trained: Callable[[TrainConfig], dict | None] | None = None) -> dict:
     """Train (or reuse) the models of a setting for every seed, evaluate, and summarise.
 
     ``train(cfg)`` returns a dict with ``run_id`` and ``model_uri`` (e.g. train_run.run_training).
+    ``trained(cfg)``: the same for a model that was already trained, else None; with it, a balanced
+    setting also gets ``balanced_minus_pair``, WGA(balanced pair) - WGA(unbalanced pair) with the same
+    seed-aware CI (hypothesis 2), when the unbalanced two-hospital models exist for every seed.
     """
     envs = [setting.base, setting.added]
     pairs, per_seed, runs, constant, unconverged = [], [], {"single": [], "pair": []}, [], []
@@ -131,12 +143,28 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
         unconverged += [not r.get("converged", True) for r in (s_res, p_res)]
     boot = mean_delta_bootstrap(pairs, n_resamples=n_bootstrap, seed=0, expected_envs=envs)
     delta = float(np.mean([r["delta"] for r in per_seed]))
+    h2 = {}
+    if trained is not None and setting.balance != keys.BALANCE_NONE:
+        unbalanced = dataclasses.replace(setting, balance=keys.BALANCE_NONE)
+        found = [trained(pair_config(template, unbalanced, seed)) for seed in seeds]
+        if all(found):
+            frames = [cached_predictions(r["model_uri"], r["run_id"], envs, cache_dir, device) for r in found]
+            b2 = mean_delta_bootstrap([(f, p) for f, (_, p) in zip(frames, pairs)], n_resamples=n_bootstrap, seed=0,
+                                      expected_envs=envs)
+            h2 = {"balanced_minus_pair": float(b2["estimate"]), "balanced_minus_pair_ci_low": float(b2["low"]),
+                  "balanced_minus_pair_ci_high": float(b2["high"])}
     return {
+        **h2,
         "wga_single": float(np.mean([r["wga_single"] for r in per_seed])),
         "wga_pair": float(np.mean([r["wga_pair"] for r in per_seed])),
         "delta_wga": delta,
         "delta_ci_low": float(boot["low"]),
         "delta_ci_high": float(boot["high"]),
+        "delta_patient_ci_low": float(boot["patient_low"]),
+        "delta_patient_ci_high": float(boot["patient_high"]),
+        "delta_seed_sd": float(boot["seed_sd"]),
+        # every seed's delta on the same side of 0 (one seed: trivially)
+        "seeds_same_sign": int(same_sign([r["delta"] for r in per_seed])),
         "hurt": int(delta < 0),
         "n_seeds": len(seeds),
         # the size of each arm's worst group (smallest over seeds): how many images one WGA rests on

@@ -11,7 +11,7 @@ from cxrstudy.evaluate.bootstrap import difference_in_delta_bootstrap
 from cxrstudy.evaluate.compare import (Setting, cached_predictions, compare, compare_key, pair_config,
                                        single_config)
 from cxrstudy.labels import label_key
-from cxrstudy.runs.train import run_training
+from cxrstudy.runs.train import find_trained, run_training
 from cxrstudy.tracking import keys
 from cxrstudy.tracking import runs as tracking
 from cxrstudy.train.config import TrainConfig, with_method
@@ -47,7 +47,10 @@ def run_compare(setting: Setting, template: TrainConfig, seeds: list[int], *, n_
         def train(cfg):
             return run_training(cfg, device=device, progress=progress, parent_run_id=me)
 
-        res = compare(setting, template, seeds, train, n_bootstrap=n_bootstrap, device=device)
+        def trained(cfg):
+            return run_training(cfg, device=device, progress=False) if find_trained(cfg) is not None else None
+
+        res = compare(setting, template, seeds, train, n_bootstrap=n_bootstrap, device=device, trained=trained)
         tracking.log_params({"seeds": ",".join(map(str, seeds)), "n_bootstrap": n_bootstrap,
                              "single_config_hashes": ",".join(single_h), "pair_config_hashes": ",".join(pair_h)},
                             prefix="cfg.")

@@ -9,9 +9,12 @@ import sys
 import mlflow
 from tqdm.auto import tqdm
 
+from cxrstudy.data.synthetic.config import headline_strength
 from cxrstudy.evaluate.compare import Setting, pair_config, single_config
+from cxrstudy.evaluate.noise_floor import aa_comparisons, aa_training_cells
 from cxrstudy.errors import UsageError
 from cxrstudy.runs.compare import log_shortcut_attribution, run_compare
+from cxrstudy.runs.noise_floor import run_noise_floor
 from cxrstudy.tracking import keys
 from cxrstudy.tracking import runs as tracking
 from cxrstudy.train.config import TrainConfig, with_method
@@ -55,7 +58,7 @@ def grid_cells(templates, settings: list[Setting], seeds: list[int]) -> list[Tra
 def run_main(template: TrainConfig, envs: list[str], labels: list[str], seeds: list[int], balances: list[str], *,
              workers: int = 1, n_bootstrap: int = 1000, device: str = "auto", progress: bool = True,
              probe: bool = False, launcher=None, analyze=None, methods: dict | None = None,
-             strengths: list[float] | None = None) -> dict:
+             strengths: list[float] | None = None, noise_floor: bool = True) -> dict:
     """The whole study as nested runs under one parent: preprocess, training grid, comparisons, analysis.
     ``launcher`` (:mod:`cxrstudy.runs.launchers`) decides where the grid trains; default: locally.
     ``analyze(experiment_ids=..., source=...)`` is the study-level analysis (the top-level ``analysis``
@@ -63,7 +66,10 @@ def run_main(template: TrainConfig, envs: list[str], labels: list[str], seeds: l
     ``methods`` maps each training method of the grid to its template (:func:`method_templates`);
     default: ``template``'s method alone. ``strengths`` (synthetic only) runs the grid at each shortcut
     strength on the same patients, labels and seeds -- the dose-response; with 0 among them, every
-    comparison at s > 0 also gets its shortcut-attributable change delta(s) - delta(0)."""
+    comparison at s > 0 also gets its shortcut-attributable change delta(s) - delta(0). ``noise_floor``:
+    also train the unbalanced models of the headline method (at the headline strength) with as many
+    further seeds and compare each configuration with itself (:mod:`cxrstudy.evaluate.noise_floor`):
+    how often the study's rule calls a change significant where nothing was added."""
     from cxrstudy.runs.launchers import Launcher
     from cxrstudy.runs.preprocess import run_preprocess
 
@@ -73,24 +79,28 @@ def run_main(template: TrainConfig, envs: list[str], labels: list[str], seeds: l
     doses = list(strengths) if strengths else [None]
     by_dose = {s: {m: at_strength(t, s) for m, t in templates.items()} for s in doses}
     settings = grid_settings(envs, labels, balances, list(templates))
+    aa = []
+    if noise_floor:
+        at = by_dose[headline_strength(doses) if strengths else None]
+        aa = aa_comparisons(at.get(keys.DEFAULT_METHOD, next(iter(at.values()))), envs, labels, seeds)
     cells, seen = [], set()
-    for s in doses:
-        for cfg in grid_cells(by_dose[s], settings, seeds):
-            if cfg.content_hash() not in seen:
-                seen.add(cfg.content_hash())
-                cells.append(cfg)
+    for cfg in [c for s in doses for c in grid_cells(by_dose[s], settings, seeds)] + aa_training_cells(aa):
+        if cfg.content_hash() not in seen:
+            seen.add(cfg.content_hash())
+            cells.append(cfg)
     with tracking.run(run_name="main", tags={keys.ENTRY_TAG: keys.ENTRY_MAIN, "source": template.data.source}) as parent:
         pid = parent.info.run_id
         tracking.mark_synthetic(template.data.is_synthetic)
         tracking.log_params({"envs": ",".join(envs), "labels": ",".join(labels), "seeds": ",".join(map(str, seeds)),
                              "balances": ",".join(balances), "methods": ",".join(templates), "workers": workers,
                              "launcher": launcher.name, "n_settings": len(settings) * len(doses),
-                             "n_training_cells": len(cells)}, prefix="cfg.")
+                             "n_training_cells": len(cells), "noise_floor": noise_floor}, prefix="cfg.")
         if strengths:
             tracking.log_params({"shortcut_strengths": ",".join(f"{s:g}" for s in strengths)}, prefix="cfg.")
         dose = f", shortcut strengths {','.join(f'{s:g}' for s in strengths)}" if strengths else ""
+        floor = f" and {len(aa)} A/A comparisons (seeds {','.join(map(str, aa[0].seeds_b))})" if aa else ""
         print(f"study: {len(envs)} hospitals, {len(labels)} labels, {len(seeds)} seed(s), balance {balances}, "
-              f"method {list(templates)}{dose}: {len(settings) * len(doses)} settings, {len(cells)} models",
+              f"method {list(templates)}{dose}: {len(settings) * len(doses)} settings{floor}, {len(cells)} models",
               file=sys.stderr)
         for s in doses:
             run_preprocess(at_strength(template, s).data, envs, nested=True, progress=progress)
@@ -114,6 +124,8 @@ def run_main(template: TrainConfig, envs: list[str], labels: list[str], seeds: l
                 log_shortcut_attribution(st, template_for(by_dose[r["shortcut_strength"]], st),
                                          template_for(by_dose[0.0], st), seeds, r["run_id"],
                                          n_bootstrap=n_bootstrap, device=device)
+        if aa:
+            run_noise_floor(aa, n_bootstrap=n_bootstrap, device=device, parent_run_id=pid, progress=progress)
         if probe:
             run_probes_for(cells, envs, device=device, parent_run_id=pid, progress=progress)
         summary = None

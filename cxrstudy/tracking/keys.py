@@ -17,6 +17,9 @@ DEFAULT_METHOD = "erm"
 SHORTCUT_STRENGTH_TAG = "shortcut_strength"  # a synthetic comparison's shortcut strength (the dose)  # runs from before methods existed carry no method tag: they are ERM
 COMPARE_KEY_TAG = "cxrstudy.compare_key"  # a comparison's identity
 PROBE_KEY_TAG = "cxrstudy.probe_key"  # a probe's identity
+NOISE_FLOOR_KEY_TAG = "cxrstudy.noise_floor_key"  # an A/A comparison's identity
+SEEDS_TAG = "seeds"  # the training seeds a comparison averages over ("0,1,2")
+AA_SEEDS_TAG = "seeds_b"  # an A/A comparison's second, disjoint seed set
 RESUMED_TAG = "cxrstudy.resumed"
 REUSED_RUN_TAG = "cxrstudy.reused_run"
 REUSED_CONFIG_HASH_TAG = "cxrstudy.reused_config_hash"
@@ -40,6 +43,7 @@ ENTRY_TRAIN = "train"
 ENTRY_EVALUATE = "evaluate"
 ENTRY_COMPARE = "compare"
 ENTRY_PROBE = "probe"
+ENTRY_NOISE_FLOOR = "noise_floor"  # an A/A comparison: one configuration, two disjoint seed sets
 ENTRY_MAIN = "main"
 ENTRY_ANALYZE = "analyze"
 ENTRY_TUNE = "tune"
@@ -63,11 +67,16 @@ BALANCE_TITLES = {BALANCE_NONE: "no balancing", BALANCE_HOSPITAL_LABEL: "hospita
 VAL_PREFIX = "val/"
 TEST_PREFIX = "test/"
 COMPARE_PREFIX = "compare/"
+NOISE_FLOOR_PREFIX = "noise_floor/"
 PROBE_PREFIX = "probe/"
 ANALYSIS_PREFIX = "analysis/"
 # what a comparison run logs under COMPARE_PREFIX (analysis reads exactly these)
 COMPARE_METRICS = ("wga_single", "wga_pair", "delta_wga", "delta_ci_low", "delta_ci_high", "hurt", "n_seeds",
-                   "worst_group_n_single", "worst_group_n_pair", "n_constant_models", "n_unconverged_models")
+                   "worst_group_n_single", "worst_group_n_pair", "n_constant_models", "n_unconverged_models",
+                   # the seed-aware CI's two sources: test sampling alone, and the spread over seeds
+                   "delta_patient_ci_low", "delta_patient_ci_high", "delta_seed_sd", "seeds_same_sign",
+                   # a balanced setting: its two-hospital model against the unbalanced one (hypothesis 2)
+                   "balanced_minus_pair", "balanced_minus_pair_ci_low", "balanced_minus_pair_ci_high")
 # also under COMPARE_PREFIX: each arm's WGA over the base hospital's groups and over the added one's
 PER_HOSPITAL_WGA = ("wga_single_base", "wga_single_added", "wga_pair_base", "wga_pair_added")
 # logged on a synthetic comparison at strength s when the study also ran strength 0: the
@@ -78,3 +87,17 @@ ATTRIBUTABLE_METRICS = ("attributable_delta", "attributable_ci_low", "attributab
 def compare_metric(name: str) -> str:
     """The MLflow key of one comparison metric (``compare/<name>``)."""
     return COMPARE_PREFIX + name
+
+# what an A/A comparison logs under NOISE_FLOOR_PREFIX (analysis reads exactly these)
+NOISE_FLOOR_METRICS = ("delta_wga", "delta_ci_low", "delta_ci_high", "significant", "n_seeds", "delta_seed_sd",
+                       "n_constant_models", "n_unconverged_models")
+
+
+def significance(ci_low: float, ci_high: float) -> int:
+    """The study's one rule for a significant change: -1 when the whole (seed-aware) 95% CI is below
+    0, +1 when it is above 0, 0 otherwise (a missing bound is not significant)."""
+    if ci_high < 0:
+        return -1
+    if ci_low > 0:
+        return 1
+    return 0

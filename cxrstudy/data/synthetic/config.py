@@ -16,6 +16,20 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+#: The shortcut strength of the synthetic default (one definition: the config's default and the
+#: strength a dose-response study reads its headline at).
+DEFAULT_SHORTCUT_STRENGTH = 1.0
+
+
+def headline_strength(strengths) -> float | None:
+    """The strength whose comparisons make a dose-response study's headline: the default when it was
+    run, else the largest (None without strengths)."""
+    strengths = sorted(float(v) for v in strengths)
+    if not strengths:
+        return None
+    return DEFAULT_SHORTCUT_STRENGTH if DEFAULT_SHORTCUT_STRENGTH in strengths else strengths[-1]
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
     """What determines the synthetic hospitals' tables and pixels.
@@ -32,7 +46,7 @@ class SyntheticConfig:
     """
 
     n_patients: int = 5000  # every test group of the default grid then holds >= 100 images (README)
-    shortcut_strength: float = 1.0
+    shortcut_strength: float = DEFAULT_SHORTCUT_STRENGTH
     seed: int = 0
     sign_strength: float = 1.0
 

@@ -158,11 +158,11 @@ def rake(patterns: pd.DataFrame, targets: dict, *, tol: float = 1e-10, max_iter:
 
 def build_patterns() -> pd.DataFrame:
     """The pattern table from torchxrayvision's shipped CSVs (cxp, nih, pad) and raked mimic."""
-    from cxrstudy.data.sources import open_source
+    from cxrstudy.data.sources.metadata import MetadataSource  # torchxrayvision's CSVs: only when rebuilding
 
     parts = {}
     for env in ("cxp", "nih", "pad"):
-        parts[env] = count_patterns(open_source(env, "metadata").table(), env)
+        parts[env] = count_patterns(MetadataSource(env).table(), env)
     mimic = parts["cxp"].copy()
     mimic["env"] = "mimic"
     w = rake(mimic, {k: v / 100.0 for k, v in MIMIC_PUBLISHED.items()})
