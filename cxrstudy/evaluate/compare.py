@@ -148,7 +148,7 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
         unbalanced = dataclasses.replace(setting, balance=keys.BALANCE_NONE)
         found = [trained(pair_config(template, unbalanced, seed)) for seed in seeds]
         if all(found):
-            frames = [cached_predictions(r["model_uri"], r["run_id"], envs, cache_dir, device) for r in found]
+            frames = [cached_predictions(r["model_uri"], r["run_id"], envs, template.data, device) for r in found]
             b2 = mean_delta_bootstrap([(f, p) for f, (_, p) in zip(frames, pairs)], n_resamples=n_bootstrap, seed=0,
                                       expected_envs=envs)
             h2 = {"balanced_minus_pair": float(b2["estimate"]), "balanced_minus_pair_ci_low": float(b2["low"]),
