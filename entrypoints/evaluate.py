@@ -6,6 +6,9 @@ For a model trained on two hospitals it also scores the correlation-strength tes
 (docs/PROTOCOL.md): WGA and AUROC for hospital-label correlation r = 0.0, 0.1, ..., 1.0, logged as
 ``corr/<r>/wga`` and ``corr/<r>/auroc`` with the curve ``corr_sweep.png`` (``-P corr_sweep=false``
 turns it off; ``true`` makes it an error when it cannot run).
+
+A model trained on real data needs ``-P data_root=`` (and ``-P roots=`` where its training had them):
+its run logs no paths.
 """
 
 from __future__ import annotations

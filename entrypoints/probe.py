@@ -8,7 +8,8 @@ Embeds the test images of the named hospitals (default: all four) with the regis
 value: every pair of hospitals and all at once, classes undersampled to the smallest, 80/20 split;
 plus two controls (random halves of one hospital; the label within each hospital). Logs
 ``probe/<a>_vs_<b>/label<0|1>/acc``, ``probe/all/label<v>/acc``, ``probe/control/<h>/acc``,
-``probe/label/<h>/acc`` and ``probe_results.csv``.
+``probe/label/<h>/acc`` and ``probe_results.csv``. A model trained on real data needs
+``-P data_root=`` (and ``-P roots=`` where its training had them): its run logs no paths.
 """
 
 from __future__ import annotations
