@@ -29,16 +29,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # `mlflow run` talks to the tracking server before our entry point starts; when an http:// server is
-# down it retries for minutes and ends in a traceback. Check it first: one line, exit 1, in seconds.
+# down it retries for minutes and ends in a traceback. CHECK_SERVER checks it first (one line, exit 1,
+# in seconds), then runs the command that follows it (README "An unreachable tracking server").
 CHECK_SERVER := $(PY) -m cxrstudy.tracking.server
 
 demo: setup
-	@$(CHECK_SERVER)
-	mlflow run . --env-manager local -e main
+	$(CHECK_SERVER) mlflow run . --env-manager local -e main
 
 bench: setup
-	@$(CHECK_SERVER)
-	mlflow run . --env-manager local -e benchmark
+	$(CHECK_SERVER) mlflow run . --env-manager local -e benchmark
 
 test: setup
 	$(PY) -m pytest -q

@@ -28,7 +28,7 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from cxrstudy.hospitals import HOSPITALS  # noqa: E402
 from cxrstudy.labels import LABELS  # noqa: E402
-from cxrstudy.tracking import keys  # noqa: E402
+from cxrstudy.train.balancing import BALANCE_MODES, BALANCE_TITLES
 
 from .queries import known_order  # noqa: E402
 
@@ -81,7 +81,7 @@ def _title_width(text: str) -> float:
 def wga_bars(settings: pd.DataFrame, path: Path, *, title: str = "", synthetic: bool = False) -> Path:
     """Grouped bars per setting, one panel per label."""
     labels = known_order(settings["label"], LABELS)
-    series = ["single"] + known_order(settings["balance"], keys.BALANCE_MODES)
+    series = ["single"] + known_order(settings["balance"], BALANCE_MODES)
     b_rank = {h: i for i, h in enumerate(known_order(settings["base"], HOSPITALS))}
     a_rank = {h: i for i, h in enumerate(known_order(settings["added"], HOSPITALS))}
     rows = {(r.label, r.base, r.added, r.balance): r for r in settings.itertuples()}
@@ -172,7 +172,7 @@ def delta_heatmap(settings: pd.DataFrame, path: Path, *, balance: str = "none", 
 
     nrows, ncols = _grid(len(labels))
     panel = max(1.7, 0.68 * k)
-    title = title or (f"Mean WGA change from adding a hospital ({keys.BALANCE_TITLES.get(balance, balance)})"
+    title = title or (f"Mean WGA change from adding a hospital ({BALANCE_TITLES.get(balance, balance)})"
                       "\nred: the added hospital lowered WGA; * and bold: 95% CI excludes 0")
     fig, axes = _panels(nrows, ncols, panel, panel, left=0.85, right=1.45, top=_title_height(title, synthetic) + 0.1,
                         bottom=0.55, wgap=0.7, hgap=0.6, min_width=_title_width(title))
@@ -247,10 +247,10 @@ def make_figures(settings: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
         figs[f"wga_bars{suffix}"] = wga_bars(
             sub, out_dir / f"wga_bars{suffix}.png", synthetic=synthetic,
             title=f"Worst-group accuracy per setting{what} (test splits of both hospitals)")
-        for bal in known_order(sub["balance"], keys.BALANCE_MODES):
+        for bal in known_order(sub["balance"], BALANCE_MODES):
             name = f"delta_heatmap_{bal}{suffix}"
             figs[name] = delta_heatmap(
                 sub, out_dir / f"{name}.png", balance=bal, synthetic=synthetic,
-                title=f"Mean WGA change from adding a hospital{what} ({keys.BALANCE_TITLES.get(bal, bal)})"
+                title=f"Mean WGA change from adding a hospital{what} ({BALANCE_TITLES.get(bal, bal)})"
                       "\nred: the added hospital lowered WGA; * and bold: 95% CI excludes 0")
     return figs

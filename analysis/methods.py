@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cxrstudy.tracking import keys
+from cxrstudy.train.balancing import BALANCE_TITLES
 from cxrstudy.train.methods import method_names
 
 from .queries import known_order
@@ -123,7 +124,7 @@ def method_figure(table: pd.DataFrame, path: Path, *, synthetic: bool = False) -
     for j, bal in enumerate(balances):
         t = table[table["balance"] == bal].set_index("method").reindex(methods)
         off = x - 0.4 + width * (j + 0.5)
-        label = keys.BALANCE_TITLES.get(bal, bal)
+        label = BALANCE_TITLES.get(bal, bal)
         axes[0].bar(off, t["hurt_fraction"], width, label=label)
         err = np.vstack([t["mean_delta"] - t["mean_delta_ci_low"], t["mean_delta_ci_high"] - t["mean_delta"]])
         axes[1].bar(off, t["mean_delta"], width, yerr=np.nan_to_num(err), capsize=3, label=label)

@@ -27,6 +27,7 @@ import pandas as pd
 from cxrstudy.hospitals import HOSPITALS
 from cxrstudy.labels import LABELS
 from cxrstudy.tracking import keys
+from cxrstudy.train.balancing import BALANCE_MODES
 from cxrstudy.train.methods import method_names
 
 #: What ``settings.csv`` holds, in this order.
@@ -107,7 +108,7 @@ def sort_settings(df: pd.DataFrame) -> pd.DataFrame:
         "label": {v: i for i, v in enumerate(known_order(df["label"], LABELS))},
         "base": {v: i for i, v in enumerate(known_order(df["base"], HOSPITALS))},
         "added": {v: i for i, v in enumerate(known_order(df["added"], HOSPITALS))},
-        "balance": {v: i for i, v in enumerate(known_order(df["balance"], keys.BALANCE_MODES))},
+        "balance": {v: i for i, v in enumerate(known_order(df["balance"], BALANCE_MODES))},
     }
     if "method" in df:
         ranks["method"] = {v: i for i, v in enumerate(known_order(df["method"], method_names()))}

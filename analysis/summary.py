@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxrstudy.tracking import keys
+from cxrstudy.train.balancing import BALANCE_MODES
 
 from .queries import known_order, sort_settings
 
@@ -44,7 +44,7 @@ def headline(settings: pd.DataFrame) -> dict:
     out = {}
     if settings is None or settings.empty:
         return out
-    for bal in known_order(settings["balance"], keys.BALANCE_MODES):
+    for bal in known_order(settings["balance"], BALANCE_MODES):
         s = settings[settings["balance"] == bal]
         d = s["delta_mean"].astype(float)
         n = int(d.notna().sum())

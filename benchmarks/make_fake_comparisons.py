@@ -34,13 +34,14 @@ import pandas as pd  # noqa: E402
 
 
 from cxrstudy.tracking import keys  # noqa: E402
+from cxrstudy.train.balancing import BALANCE_MODES
 from cxrstudy.hospitals import HOSPITALS  # noqa: E402
 from cxrstudy.labels import LABELS  # noqa: E402
 
 SEEDS = (0, 1, 2)
 
 
-def fake_settings(sources=("synthetic",), balances=keys.BALANCE_MODES, labels=LABELS, hospitals=HOSPITALS) -> list[tuple]:
+def fake_settings(sources=("synthetic",), balances=BALANCE_MODES, labels=LABELS, hospitals=HOSPITALS) -> list[tuple]:
     return [(a, b, lab, bal, src) for src in sources for bal in balances for lab in labels
             for a, b in itertools.permutations(hospitals, 2)]
 
@@ -58,7 +59,7 @@ _MLFLOW_TAGS = {"mlflow.user": "fake", "mlflow.source.name": "file:///work/main"
                 "mlflow.gitRepoURL": "", "mlflow.source.git.repoURL": ""}
 
 
-def fake_records(n: int, seed: int = 0, sources=("synthetic",), balances=keys.BALANCE_MODES, start_ms: int | None = None,
+def fake_records(n: int, seed: int = 0, sources=("synthetic",), balances=BALANCE_MODES, start_ms: int | None = None,
                  realistic: bool = False) -> list[dict]:
     """``n`` fake comparison results: tags, metrics, start/end time. Run ``i`` is of setting
     ``i % n_settings`` and starts 1 s after run ``i-1``, so the last run of a setting is its newest.
@@ -167,7 +168,7 @@ def _write_bulk(store, eid: str, records: list[dict]) -> list[str]:
 
 
 def make_fake_comparisons(n: int = 5000, experiment_name: str = "cxrstudy-fake-comparisons", seed: int = 0, *,
-                          tracking_uri: str | None = None, sources=("synthetic",), balances=keys.BALANCE_MODES,
+                          tracking_uri: str | None = None, sources=("synthetic",), balances=BALANCE_MODES,
                           method: str = "auto", realistic: bool = False) -> dict:
     """Log ``n`` fake FINISHED comparison runs into ``experiment_name`` (created when missing) of
     ``tracking_uri`` (None = the current one). ``method``: ``auto`` (bulk on SQLAlchemy stores,

@@ -6,6 +6,8 @@ the value and what was expected; entry points turn that into exit code 2 before 
 
 from __future__ import annotations
 
+import math
+
 from cxrstudy.errors import UsageError
 
 _TRUE = {"1", "true", "yes", "on", "y", "t"}
@@ -24,17 +26,25 @@ def as_int(name: str, value, lo: int | None = None, hi: int | None = None) -> in
 
 
 def as_float(name: str, value, lo: float | None = None, hi: float | None = None, *, gt: float | None = None) -> float:
-    """A number in ``lo..hi`` (inclusive); ``gt`` is an exclusive lower bound (``lr > 0``)."""
+    """A finite number in ``lo..hi`` (inclusive); ``gt`` is an exclusive lower bound (``lr > 0``).
+    ``nan`` and ``inf`` are refused as not finite, whatever the bounds."""
     try:
         v = float(str(value).strip())
     except ValueError:
         raise UsageError(f"parameter {name}={value!r} is not a number") from None
-    if v != v or (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise UsageError(f"parameter {name}={value!r} is out of range; expected {lo}..{hi}")
-    if gt is not None and not v > gt:
-        upper = f" and <= {hi}" if hi is not None else ""
-        raise UsageError(f"parameter {name}={value!r} is out of range; expected > {gt}{upper}")
+    if not math.isfinite(v):
+        raise UsageError(f"parameter {name}={value!r} is not a finite number; expected {_span(lo, hi, gt)}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi) or (gt is not None and not v > gt):
+        raise UsageError(f"parameter {name}={value!r} is out of range; expected {_span(lo, hi, gt)}")
     return v
+
+
+def _span(lo, hi, gt) -> str:
+    """``0.0..10.0``, ``> 0.0 and <= 10.0``, ``>= 0.0``, ``<= 10.0`` or ``a finite number``."""
+    low = f"> {gt}" if gt is not None else (f">= {lo}" if lo is not None else None)
+    if low is not None and hi is not None:
+        return f"{lo}..{hi}" if gt is None else f"{low} and <= {hi}"
+    return low or (f"<= {hi}" if hi is not None else "a finite number")
 
 
 def as_bool(name: str, value) -> bool:

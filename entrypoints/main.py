@@ -49,7 +49,7 @@ def main(argv=None) -> None:
     def body():
         from cxrstudy.tracking import runs as tracking
         from cxrstudy.train.balancing import parse_balance
-        from cxrstudy.train.config import config_from_params
+        from cxrstudy.train.config import config_from_params, for_method
         from cxrstudy.errors import UsageError
         from cxrstudy.hospitals import parse_envs
         from cxrstudy.labels import parse_labels
@@ -57,10 +57,11 @@ def main(argv=None) -> None:
         from cxrstudy.runs.launchers.local import resolve_workers
         from cxrstudy.params import as_bool, as_float_list, as_int, as_int_list, optional
         from analysis import run_analysis
-        from cxrstudy.runs.study import method_templates, run_main
+        from cxrstudy.runs.study import at_strength, method_templates, run_main
+        from cxrstudy.data.dataspec import check_cache_fits
         from cxrstudy.runs.train import preflight
         from cxrstudy.train.methods import parse_method_list
-        from cxrstudy.train.device import pick_device
+        from cxrstudy.train.device import check_batch_fits, pick_device
 
         envs = parse_envs(raw["envs"])
         if len(envs) < 2:
@@ -79,19 +80,23 @@ def main(argv=None) -> None:
         probe = as_bool("probe", raw["probe"])
         noise_floor = as_bool("noise_floor", raw["noise_floor"])
         methods = parse_method_list(raw["methods"], given={k: v for k, v in raw.items() if optional(v)})
-        template = config_from_params({**raw, "envs": envs[0], "label": labels[0], "seed": "0", "balance": "none",
-                                       "method": methods[0]})
-        pick_device(raw["device"])
+        template = config_from_params({**for_method(raw, methods[0]), "envs": envs[0], "label": labels[0], "seed": "0",
+                                       "balance": "none", "method": methods[0]})
+        templates = method_templates(template, methods, raw)  # each method's hyperparameters, range-checked
+        device = pick_device(raw["device"])
         strengths = None
         if optional(raw["shortcut_strengths"]):
             strengths = as_float_list("shortcut_strengths", raw["shortcut_strengths"], lo=0.0, hi=10.0)
             if template.data.source != "synthetic":
                 raise UsageError("parameter shortcut_strengths needs source=synthetic (real hospitals have no knob)")
         preflight(template)  # cache_dir writable, pretrained weights loadable: before any work
+        check_cache_fits([at_strength(template, s).data for s in strengths or [None]], envs)  # disk
+        check_batch_fits(template.batch_size, template.image_size, device)  # one batch in memory
         launcher.check(tracking.setup())
         run_main(template, envs, labels, seeds, balances, workers=workers, n_bootstrap=n_boot, device=raw["device"],
                  probe=probe, launcher=launcher, analyze=run_analysis,
-                 methods=method_templates(template, methods, raw), strengths=strengths, noise_floor=noise_floor)
+                 methods=templates, strengths=strengths,
+                 noise_floor=noise_floor)
 
     cli.run(body)
 

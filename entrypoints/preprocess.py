@@ -28,9 +28,10 @@ def main(argv=None) -> None:
     def body():
         from cxrstudy.tracking import runs as tracking
         from cxrstudy.data.cache import check_cache_dir
-        from cxrstudy.data.dataspec import spec_from_params
+        from cxrstudy.data.dataspec import check_cache_fits, spec_from_params
         from cxrstudy.hospitals import parse_envs
         from cxrstudy.params import as_int, optional
+        from cxrstudy.data.preprocess import check_sources
         from cxrstudy.runs.preprocess import run_preprocess
         from cxrstudy.train.presets import resolve_preset
 
@@ -40,6 +41,8 @@ def main(argv=None) -> None:
         workers = as_int("workers", raw["workers"], lo=0) or None
         spec = spec_from_params(raw, size)
         check_cache_dir(spec.cache_dir)  # a file or a read-only folder: one line, before any work
+        check_sources(spec, envs)  # a missing dataset folder: one line, before the run is created
+        check_cache_fits([spec], envs)  # the image cache fits on the disk
         tracking.setup()
         run_preprocess(spec, envs, workers=workers)
 

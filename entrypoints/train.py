@@ -21,12 +21,15 @@ def main(argv=None) -> None:
         from cxrstudy.tracking import runs as tracking
         from cxrstudy.train.config import config_from_params, force_from_params
         from cxrstudy.runs.train import preflight, run_training
-        from cxrstudy.train.device import pick_device
+        from cxrstudy.data.dataspec import check_cache_fits
+        from cxrstudy.train.device import check_batch_fits, pick_device
 
         cfg = config_from_params(raw)
         force = force_from_params(raw)
-        pick_device(raw["device"])  # a clear error before any work
+        device = pick_device(raw["device"])  # a clear error before any work
         preflight(cfg)  # cache_dir writable, pretrained weights loadable
+        check_cache_fits([cfg.data], cfg.envs)  # the image cache fits on the disk
+        check_batch_fits(cfg.batch_size, cfg.image_size, device)  # one batch fits in memory
         tracking.setup()
         from cxrstudy.params import optional
 

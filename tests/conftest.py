@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -28,20 +29,20 @@ def migrated_db(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def store(migrated_db, tmp_path, monkeypatch):
-    """A fresh tracking store for this test: ``sqlite:///<tmp>/mlflow.db`` (a copy of the
-    migrated template), artifacts under tmp, cache under tmp, cwd = tmp. Yields the URI."""
+@contextlib.contextmanager
+def isolated_store(migrated_db: Path, folder: Path, monkeypatch):
+    """A fresh tracking store in ``folder``: ``sqlite:///<folder>/mlflow.db`` (a copy of the
+    migrated template), artifacts under it, cache under it, cwd = ``folder``. Yields the URI."""
     import mlflow
 
-    db = tmp_path / "mlflow.db"
+    db = folder / "mlflow.db"
     shutil.copy(migrated_db, db)
     uri = f"sqlite:///{db}"
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "CXRSTUDY_TUNE_STORAGE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("CXRSTUDY_CACHE", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CXRSTUDY_CACHE", str(folder / "cache"))
+    monkeypatch.chdir(folder)
     while mlflow.active_run() is not None:
         mlflow.end_run()
     # set_experiment() leaves its id in a module global (and in MLFLOW_EXPERIMENT_ID): forget it
@@ -52,6 +53,22 @@ def store(migrated_db, tmp_path, monkeypatch):
         mlflow.end_run()
     os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
     mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def store(migrated_db, tmp_path, monkeypatch):
+    """A fresh tracking store for this test (see :func:`isolated_store`). Yields the URI."""
+    with isolated_store(migrated_db, tmp_path, monkeypatch) as uri:
+        yield uri
+
+
+@pytest.fixture(scope="module")
+def module_store(migrated_db, tmp_path_factory):
+    """Like ``store``, shared by the tests of one module (one expensive study that several tests
+    read). Yields ``(uri, folder)``."""
+    folder = tmp_path_factory.mktemp("store")
+    with pytest.MonkeyPatch.context() as mp, isolated_store(migrated_db, folder, mp) as uri:
+        yield uri, folder
 
 
 @pytest.fixture

@@ -14,6 +14,16 @@ correct adapter must produce from it:
   folders, or 8-bit ``images-224/``)
 - ``make_data_root(tmp_path)``  all four under ``data_root/{mimic,cxp,nih,pad}``; returns a dict
   ``{"data_root": Path, "mimic": MiniDataset, "cxp": ..., "nih": ..., "pad": ...}``
+- ``make_trainable_data_root(tmp_path, envs, n_patients)``  the same layouts with ``n_patients`` more
+  generated patients per hospital: large enough to train, validate and score on (see below)
+
+Every ``make_*`` takes ``n_patients=N`` (default 0): N generated patients added to the hand-written
+rows, each with two frontal images in two studies, one positive for Effusion (so ``Any`` is 1) and
+one with No Finding (``Any`` is 0). Whatever split a patient falls in, it brings one image of each
+label value, so every (hospital, label value) group of val and test holds about N/10 images. The
+positive image carries a bright disc in its centre (:func:`signal_disc`): a model can learn the
+label. Generated subject ids are long and distinctive (``extra["generated_subjects"]``), so a test
+can search artifacts for them.
 
 Every hospital has several subjects with several images, rows the frontal rule must drop, one
 frontal row whose image file is missing (``missing_path``: dropped and counted) and one
@@ -69,29 +79,40 @@ def label_vector(pos: frozenset) -> dict:
 # writing helpers
 
 
-def _pixels(seed: int, size: int = IMG) -> np.ndarray:
+def _pixels(seed: int, size: int = IMG, signal: bool = False) -> np.ndarray:
     rng = np.random.default_rng(seed)
     base = np.linspace(30, 220, size)[None, :] + np.linspace(0, 20, size)[:, None]
+    if signal:
+        base = base + signal_disc(size)
     return np.clip(base + rng.normal(0, 8, (size, size)), 0, 255).astype(np.uint8)
 
 
-def write_jpeg(path: Path, seed: int = 0) -> Path:
+def signal_disc(size: int = IMG) -> np.ndarray:
+    """The learnable signal of a positive generated image: +120 grey levels on a centred disc of
+    radius ``size / 4`` (survives resizing to 32 px and the training augmentation)."""
+    yy, xx = np.mgrid[:size, :size]
+    c = (size - 1) / 2
+    return 120.0 * (((yy - c) ** 2 + (xx - c) ** 2) <= (size / 4) ** 2)
+
+
+def write_jpeg(path: Path, seed: int = 0, signal: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(_pixels(seed), mode="L").save(path, format="JPEG", quality=90)
+    Image.fromarray(_pixels(seed, signal=signal), mode="L").save(path, format="JPEG", quality=90)
     return path
 
 
-def write_png8(path: Path, seed: int = 0) -> Path:
+def write_png8(path: Path, seed: int = 0, signal: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(_pixels(seed), mode="L").save(path, format="PNG")
+    Image.fromarray(_pixels(seed, signal=signal), mode="L").save(path, format="PNG")
     return path
 
 
-def write_png16(path: Path, seed: int = 0, lo: int = 0, hi: int = 4095, arr: np.ndarray | None = None) -> Path:
+def write_png16(path: Path, seed: int = 0, lo: int = 0, hi: int = 4095, arr: np.ndarray | None = None,
+                signal: bool = False) -> Path:
     """A 16-bit grayscale PNG (values ``lo``..``hi`` unless ``arr`` is given)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if arr is None:
-        arr = lo + (_pixels(seed).astype(np.float64) / 255.0) * (hi - lo)
+        arr = lo + (_pixels(seed, signal=signal).astype(np.float64) / 255.0) * (hi - lo)
     Image.fromarray(np.asarray(arr).astype(np.uint16)).save(path, format="PNG")
     return path
 
@@ -142,7 +163,7 @@ MIMIC_METADATA_COLUMNS = [
 ]
 
 
-def make_mimic(root, gz: bool = True, patients: str | None = "hosp") -> MiniDataset:
+def make_mimic(root, gz: bool = True, patients: str | None = "hosp", n_patients: int = 0) -> MiniDataset:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     # subject -> (gender, anchor_age)
@@ -191,6 +212,19 @@ def make_mimic(root, gz: bool = True, patients: str | None = "hosp") -> MiniData
         "d08": positives(), "d10": positives("Cardiomegaly"), "d14": positives("No Finding"),
         "d16": positives("Pneumonia"), "d18": positives(), "d20": positives(),
     }
+    generated, signal = set(), set()
+    for k in range(n_patients):  # generated patients: one Effusion study, one No Finding study
+        s = f"{17000000 + k}"
+        people[s] = ("F" if k % 2 else "M", 30 + k % 50)
+        generated.add(s)
+        for j, (vals, pos) in enumerate((({"Pleural Effusion": 1.0}, positives("Effusion")),
+                                          ({"No Finding": 1.0}, positives("No Finding")))):
+            st, d = f"{58000000 + 2 * k + j}", f"g{k:05d}{j}"
+            images.append((s, st, d, "PA", "ok"))
+            labels[st] = vals
+            want[d] = pos
+            if j == 0:
+                signal.add(d)
 
     def img_path(s, st, d):
         return root / "files" / f"p{s[:2]}" / f"p{s}" / f"s{st}" / f"{d}.jpg"
@@ -201,7 +235,7 @@ def make_mimic(root, gz: bool = True, patients: str | None = "hosp") -> MiniData
         meta_rows.append([d, s, st, "CHEST (PORTABLE AP)", view, 3056, 2544, 21800506, 213014.531, "CHEST (PORTABLE AP)",
                           "antero-posterior" if view == "AP" else "postero-anterior", "Erect"])
         if state != "missing":
-            write_jpeg(p, seed=i)
+            write_jpeg(p, seed=i, signal=d in signal)
         if state == "truncated":
             truncate(p)
         frontal = view in ("AP", "PA")
@@ -231,7 +265,8 @@ def make_mimic(root, gz: bool = True, patients: str | None = "hosp") -> MiniData
             write_csv(folder / "patients.csv", ["subject_id", "gender", "anchor_age", "anchor_year", "anchor_year_group", "dod"],
                       pat_rows, gz=(patients == "hosp"))
         )
-    info.extra = {"people": people, "unlabelled_images": 1, "path_of": {d: str(img_path(s, st, d).resolve()) for s, st, d, _, _ in images}}
+    info.extra = {"people": people, "unlabelled_images": 1, "generated_subjects": generated,
+                  "path_of": {d: str(img_path(s, st, d).resolve()) for s, st, d, _, _ in images}}
     return info
 
 
@@ -245,7 +280,8 @@ CXP_COLUMNS = [
 ]
 
 
-def make_cxp(root, small: bool = True, gz: bool = False, prefix: bool = True, nested: bool = False) -> MiniDataset:
+def make_cxp(root, small: bool = True, gz: bool = False, prefix: bool = True, nested: bool = False,
+             n_patients: int = 0) -> MiniDataset:
     root = Path(root)
     name = "CheXpert-v1.0-small" if small else "CheXpert-v1.0"
     ds = root / name if nested else root
@@ -281,6 +317,15 @@ def make_cxp(root, small: bool = True, gz: bool = False, prefix: bool = True, ne
         ("64541", "study1", "view1_frontal"): positives("Effusion"),
         ("64542", "study1", "view1_frontal"): positives("No Finding"),
     }
+    generated = set()
+    for k in range(n_patients):  # generated patients: one Effusion study, one No Finding study
+        pat = f"{20001 + k:05d}"
+        generated.add(str(int(pat)))
+        sex, age = ("Female" if k % 2 else "Male"), 30 + k % 50
+        rows.append(("train", pat, "study1", "view1_frontal", "Frontal", "PA", sex, age, {"Pleural Effusion": 1.0}, "ok"))
+        rows.append(("train", pat, "study2", "view1_frontal", "Frontal", "PA", sex, age, {"No Finding": 1.0}, "ok"))
+        want[(pat, "study1", "view1_frontal")] = positives("Effusion")
+        want[(pat, "study2", "view1_frontal")] = positives("No Finding")
     out = {"train": [], "valid": []}
     for i, (split, pat, study, view, fl, appa, sex, age, vals, state) in enumerate(rows):
         rel = f"{split}/patient{pat}/{study}/{view}.jpg"
@@ -290,7 +335,7 @@ def make_cxp(root, small: bool = True, gz: bool = False, prefix: bool = True, ne
             vals = {c: vals.get(c, 0.0) for c in CXP_COLUMNS[5:]}
         out[split].append([csv_path, sex, age, fl, appa] + [vals.get(c) for c in CXP_COLUMNS[5:]])
         if state != "missing":
-            write_jpeg(p, seed=100 + i)
+            write_jpeg(p, seed=100 + i, signal=str(int(pat)) in generated and study == "study1")
         if state == "truncated":
             truncate(p)
             info.truncated_path = str(p.resolve())
@@ -306,7 +351,7 @@ def make_cxp(root, small: bool = True, gz: bool = False, prefix: bool = True, ne
             info.expected[str(p.resolve())] = want[(pat, study, view)]
     info.csv_files.append(write_csv(ds / "train.csv", CXP_COLUMNS, out["train"], gz=gz))
     info.csv_files.append(write_csv(ds / "valid.csv", CXP_COLUMNS, out["valid"]))
-    info.extra = {"dataset_dir": ds.resolve(), "name": name}
+    info.extra = {"dataset_dir": ds.resolve(), "name": name, "generated_subjects": generated}
     return info
 
 
@@ -319,7 +364,7 @@ NIH_COLUMNS = [
 ]
 
 
-def make_nih(root, layout: str = "flat", version: str = "v2020", gz: bool = False) -> MiniDataset:
+def make_nih(root, layout: str = "flat", version: str = "v2020", gz: bool = False, n_patients: int = 0) -> MiniDataset:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     # (patient, follow-up, findings, age, sex, view, disk state)
@@ -347,6 +392,12 @@ def make_nih(root, layout: str = "flat", version: str = "v2020", gz: bool = Fals
         (4, 0): positives("Edema", "Consolidation", "Atelectasis"), (5, 1): positives("Pneumothorax", "Effusion"),
         (7, 0): positives(),
     }
+    generated = set()
+    for k in range(n_patients):  # generated patients: one Effusion image, one No Finding image
+        pid, sex, age = 30001 + k, ("F" if k % 2 else "M"), 30 + k % 50
+        generated.add(str(pid))
+        rows += [(pid, 0, "Effusion", age, sex, "PA", "ok"), (pid, 1, "No Finding", age, sex, "PA", "ok")]
+        want[(pid, 0)], want[(pid, 1)] = positives("Effusion"), positives("No Finding")
     info = MiniDataset("nih", root.resolve(), 0, 0, "", "")
     out = []
     for i, (pid, fu, findings, age, sex, view, state) in enumerate(rows):
@@ -365,7 +416,7 @@ def make_nih(root, layout: str = "flat", version: str = "v2020", gz: bool = Fals
             info.missing_path = str(p.resolve())
             info.dropped_missing += 1
             continue
-        write_png8(p, seed=200 + i)
+        write_png8(p, seed=200 + i, signal=str(pid) in generated and fu == 0)
         info.rows += 1
         info.subjects.add(str(pid))
         if state == "truncated":
@@ -379,6 +430,7 @@ def make_nih(root, layout: str = "flat", version: str = "v2020", gz: bool = Fals
         info.csv_files.append(write_csv(root / fname, header, out, gz=gz, trailing_comma=True))
     else:
         info.csv_files.append(write_csv(root / fname, header, out, gz=gz))
+    info.extra = {"generated_subjects": generated}
     return info
 
 
@@ -397,7 +449,7 @@ PAD_COLUMNS = [
 PAD_CSV = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
 
 
-def make_pad(root, layout: str = "dirs", gz: bool = True) -> MiniDataset:
+def make_pad(root, layout: str = "dirs", gz: bool = True, n_patients: int = 0) -> MiniDataset:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     # key, patient, study, birth, sex, projection, Labels, disk state, expected positives (None = dropped)
@@ -428,6 +480,12 @@ def make_pad(root, layout: str = "dirs", gz: bool = True) -> MiniDataset:
         ("trunc", "pat7", "st14", 1960.0, "F", "AP", "['normal']", "truncated", P("No Finding")),
         ("more1", "pat7", "st14", 1960.0, "F", "PA", "['cardiomegaly', 'pleural effusion']", "ok", P("Cardiomegaly", "Effusion")),
     ]
+    generated = set()
+    for k in range(n_patients):  # generated patients: one Effusion study, one normal study
+        pat, birth, sex = f"padpatient{k:05d}", 1940.0 + k % 50, ("F" if k % 2 else "M")
+        generated.add(pat)
+        rows += [(f"genpos{k}", pat, f"{pat}s1", birth, sex, "PA", "['pleural effusion']", "ok", P("Effusion")),
+                 (f"genneg{k}", pat, f"{pat}s2", birth, sex, "PA", "['normal']", "ok", P("No Finding"))]
     info = MiniDataset("pad", root.resolve(), 0, 0, "", "")
     out = []
     path_of = {}
@@ -453,9 +511,9 @@ def make_pad(root, layout: str = "dirs", gz: bool = True) -> MiniDataset:
             if key == "ramp":
                 write_png16(p, arr=ramp16(1000, 3000))
             else:
-                write_png16(p, seed=300 + i, lo=200 + 10 * i, hi=3000 + 20 * i)
+                write_png16(p, seed=300 + i, lo=200 + 10 * (i % 50), hi=3000 + 20 * (i % 50), signal=key.startswith("genpos"))
         else:
-            write_png8(p, seed=300 + i)
+            write_png8(p, seed=300 + i, signal=key.startswith("genpos"))
         if state == "truncated":
             truncate(p)
             info.truncated_path = str(p.resolve())
@@ -466,17 +524,26 @@ def make_pad(root, layout: str = "dirs", gz: bool = True) -> MiniDataset:
         info.subjects.add(pat)
         info.expected[str(p.resolve())] = want
     info.csv_files.append(write_csv(root / PAD_CSV, PAD_COLUMNS, out, gz=gz))
-    info.extra = {"path_of": path_of, "layout": layout}
+    info.extra = {"path_of": path_of, "layout": layout, "generated_subjects": generated}
     return info
 
 
-def make_data_root(tmp_path) -> dict:
-    """All four hospitals under ``tmp_path/data_root`` (mimic gz, cxp -small plain, nih box, pad 16-bit gz)."""
+MAKERS = {
+    "mimic": lambda root, n: make_mimic(root, gz=True, patients="hosp", n_patients=n),
+    "cxp": lambda root, n: make_cxp(root, small=True, gz=False, n_patients=n),
+    "nih": lambda root, n: make_nih(root, layout="box", n_patients=n),
+    "pad": lambda root, n: make_pad(root, layout="dirs", gz=True, n_patients=n),
+}
+
+
+def make_data_root(tmp_path, envs=("mimic", "cxp", "nih", "pad"), n_patients: int = 0) -> dict:
+    """The hospitals ``envs`` under ``tmp_path/data_root`` (mimic gz, cxp -small plain, nih box, pad
+    16-bit gz), each with ``n_patients`` generated patients added to the hand-written rows."""
     data_root = Path(tmp_path) / "data_root"
-    return {
-        "data_root": data_root,
-        "mimic": make_mimic(data_root / "mimic", gz=True, patients="hosp"),
-        "cxp": make_cxp(data_root / "cxp", small=True, gz=False),
-        "nih": make_nih(data_root / "nih", layout="box"),
-        "pad": make_pad(data_root / "pad", layout="dirs", gz=True),
-    }
+    return {"data_root": data_root, **{env: MAKERS[env](data_root / env, n_patients) for env in envs}}
+
+
+def make_trainable_data_root(tmp_path, envs=("cxp", "nih"), n_patients: int = 80) -> dict:
+    """:func:`make_data_root` with enough generated patients to train, validate and score on:
+    with 80 patients a hospital's val and test splits hold about 8 images of each label value."""
+    return make_data_root(tmp_path, envs, n_patients)

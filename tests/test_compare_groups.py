@@ -50,7 +50,7 @@ def test_compare_reports_each_arm_per_hospital_and_its_worst_group(tmp_path):
 
 
 def test_analyze_flags_comparisons_that_use_a_constant_or_unconverged_model():
-    from analysis import model_flags
+    from analysis.pipeline import model_flags
 
     settings = pd.DataFrame([
         {"base": "cxp", "added": "nih", "label": "Any", "balance": "none", "method": "erm", "shortcut_strength": 2.0,

@@ -50,22 +50,34 @@ def test_synthetic_preprocess_logs_stats_inputs_and_is_idempotent(store, capsys)
     assert sorted(p.stat().st_mtime_ns for p in Path("cache").rglob("images.u8")) == cache_files
 
 
-def test_real_preprocess_lists_skipped_images(store, tmp_path):
+def test_real_preprocess_counts_skipped_images_and_lists_them_only_in_the_cache(store, tmp_path, capsys):
     data = make_data_root(tmp_path / "data")
     preprocess_entry.main(["--source", "real", "--data_root", str(data["data_root"]), "--image_size", "24"])
+    out = capsys.readouterr().out
     row = _only_run()
     # the data spec it logs names no path of this machine
     spec = json.loads(MlflowClient().get_run(row.run_id).data.params["cfg.data_spec"])
     assert spec["source"] == "real" and spec["data_root"] == PATH_NOT_LOGGED, spec
     assert str(tmp_path) not in json.dumps(MlflowClient().get_run(row.run_id).data.params)
-    skipped = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=row.run_id, artifact_path="skipped_images.csv"))
-    # paths relative to each dataset folder, no subject ids (the list is an artifact of the run)
-    assert "subject_id" not in skipped.columns and list(skipped.columns) == ["env", "split", "path", "reason"]
+    path = mlflow.artifacts.download_artifacts(run_id=row.run_id, artifact_path="skipped_images.csv")
+    skipped = pd.read_csv(path)
+    # the artifact counts them and names the cache's list; it names no image, since the image paths
+    # hold patient ids (p19999987/, patient00005/, 00000004_002.png), and no path on this machine
+    assert list(skipped.columns) == ["env", "split", "error", "n_images", "list"]
+    text = Path(path).read_text()
     for e in ("mimic", "cxp", "nih", "pad"):
-        rel = skipped.loc[skipped.env == e, "path"].tolist()
-        assert len(rel) == 1 and not Path(rel[0]).is_absolute(), rel
-        assert data[e].truncated_path.endswith("/" + rel[0]) and str(data["data_root"]) not in rel[0]
-    assert Path(data["nih"].truncated_path).relative_to(data["nih"].root).as_posix() in set(skipped.path)
+        (hit,) = skipped[skipped.env == e].itertuples()
+        assert (hit.error, hit.n_images) == ("OSError", 1)
+        assert not Path(hit.list).is_absolute() and hit.list.startswith(f"real/{e}/") and hit.list.endswith("/skipped.csv")
+        truncated = Path(data[e].truncated_path)
+        assert truncated.name not in text and truncated.relative_to(data[e].root).as_posix() not in text
+        # the cache on this machine lists the file, and the console says where
+        local = pd.read_csv(tmp_path / "cache" / hit.list)
+        assert list(local["path"]) == [str(truncated)] and local["reason"].iloc[0].startswith("OSError")
+        assert f"{e}/{hit.split}: 1 listed in {tmp_path / 'cache' / hit.list}" in out
+    for folder in ("p19999987", "patient00005", "00000004_"):  # the truncated images' patients
+        assert folder not in text
+    assert str(tmp_path) not in text
     for e in ("mimic", "cxp", "nih", "pad"):
         assert row[f"metrics.count/{e}/dropped_missing"] == data[e].dropped_missing
     stats = _stats(row.run_id)

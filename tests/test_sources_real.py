@@ -110,6 +110,24 @@ def test_fingerprint_and_pickle(built, tables, env):
     assert len(clone.table()) == built[env].rows
 
 
+def test_generated_patients_are_read_like_the_rest_and_positives_carry_the_signal(tmp_path):
+    """The trainable fixture (``n_patients``): every adapter yields the generated rows with their
+    labels and subjects, and a positive image is brighter in its centre than its patient's negative."""
+    built = make_data_root(tmp_path, n_patients=12)
+    for env in HOSPITALS:
+        info = built[env]
+        src = open_source(env, "real", data_root=built["data_root"])
+        table = src.table()
+        check_against(info, src, table)
+        generated = table[table["subject_id"].isin(info.extra["generated_subjects"])]
+        assert len(info.extra["generated_subjects"]) == 12 and len(generated) == 24, env
+        assert generated.groupby("subject_id")["Any"].agg(["sum", "count"]).eq(pd.Series({"sum": 1, "count": 2})).all().all()
+        assert (generated["Effusion"] == generated["Any"]).all() and (generated["No Finding"] == 1 - generated["Any"]).all()
+        for _, rows in generated.groupby("subject_id"):
+            pos, neg = (src.read_image(rows.loc[rows["Any"] == v, "path"].iloc[0], 32) for v in (1, 0))
+            assert pos[12:20, 12:20].mean() > neg[12:20, 12:20].mean() + 20, env
+
+
 def test_fingerprint_changes_with_csv(tmp_path):
     info = make_nih(tmp_path / "nih")
     src = open_source("nih", "real", root=info.root)

@@ -24,7 +24,7 @@ import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -50,6 +50,12 @@ class CacheEntry:
     @property
     def size(self) -> int:
         return int(self.manifest["size"])
+
+    @property
+    def place(self) -> str:
+        """Where the entry lies inside the cache folder (``<kind>/<env>/<split>-<size>px-<key>``):
+        what tracked records name instead of this machine's cache path."""
+        return PurePosixPath(*Path(self.path).parts[-3:]).as_posix()
 
     def images(self) -> np.memmap:
         """The (n_slots, size, size) uint8 array, opened read-only (cheap; pages load on demand)."""
@@ -79,6 +85,44 @@ def check_cache_dir(cache_dir) -> Path:
     except OSError as e:
         raise UsageError(f"cache_dir={cache_dir} is not writable ({e.strerror or e}){hint}") from None
     return path
+
+
+def free_disk(path) -> int:
+    """Bytes an unprivileged process may still write on the file system of ``path`` (its nearest
+    existing folder)."""
+    path = Path(path).expanduser().absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def entry_bytes(n_images: int, size: int) -> int:
+    """The size of one cache entry's ``images.u8``: one byte per pixel."""
+    return int(n_images) * int(size) * int(size)
+
+
+def human_bytes(n: float) -> str:
+    """``20890720927744`` -> ``19.0 TiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover - the loop returns at TiB
+
+
+def check_free_disk(cache_dir, need: int, what: str) -> None:
+    """:class:`UsageError` naming both figures when ``need`` bytes do not fit under ``cache_dir``."""
+    free = free_disk(cache_dir)
+    if need > free:
+        raise UsageError(f"{what} needs ~{human_bytes(need)} of disk under cache_dir={cache_dir}, "
+                         f"{human_bytes(free)} free; free some space, pass -P cache_dir=<a larger disk> "
+                         "or lower image_size")
+
+
+def built_entries(cache_dir, source: Source, size: int) -> list[Path]:
+    """The finished entries of ``source``'s hospital at ``size`` px, whatever their rows."""
+    return sorted(Path(cache_dir, source.kind, source.env).glob(f"*-{int(size)}px-*/manifest.json"))
 
 
 def cache_key(source: Source, rows: pd.DataFrame, split: str, size: int) -> str:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrstudy.data.cache import CacheEntry, build_entry, cache_key
+from cxrstudy.data.cache import (CacheEntry, build_entry, built_entries, cache_key, check_free_disk, entry_bytes,
+                                 entry_dir, free_disk)
 from cxrstudy.data.sources import open_source, parse_source_kind
 from cxrstudy.data.sources.base import Source
 from cxrstudy.data.split import SPLITS, assign_splits, check_no_leakage
@@ -121,6 +122,44 @@ class DataSpec:
             raise DataError(f"{env}: source={self.source} has no images; use source=synthetic or source=real")
         return build_entry(source, self.rows(env, split), split, self.image_size, self.cache_dir,
                            workers=workers, progress=progress)
+
+    def cache_need(self, envs, *, exact: bool = False) -> tuple[int, int]:
+        """``(images, bytes)`` of the image cache of ``envs`` (every split) at this spec's size.
+        Rough (default): every image, built or not; a synthetic hospital is estimated from its patient
+        count (:meth:`SyntheticSource.expected_images`: drawing the table of millions of patients
+        takes minutes). ``exact``: only the entries not built yet, row by row; a synthetic hospital
+        with no entry at this size stays estimated (nothing of it is built)."""
+        if self.source == "metadata":  # label tables only: nothing is cached
+            return 0, 0
+        images = 0
+        for env in envs:
+            source = self.open(env)
+            if not source.has_images:
+                continue
+            if self.is_synthetic and (not exact or not built_entries(self.cache_dir, source, self.image_size)):
+                images += source.expected_images()
+                continue
+            for split in SPLITS:
+                rows = self.rows(env, split)
+                built = entry_dir(self.cache_dir, source, split, self.image_size,
+                                  cache_key(source, rows, split, self.image_size)) / "manifest.json"
+                if not exact or not built.is_file():
+                    images += len(rows)
+        return images, entry_bytes(images, self.image_size)
+
+
+def check_cache_fits(specs: list[DataSpec], envs) -> None:
+    """Refuse, before any work, an image cache that cannot fit on the cache's disk: one
+    :class:`UsageError` line naming the size, the disk's free space and the folder. ``specs``
+    share one cache_dir (a study at several shortcut strengths has one spec per strength)."""
+    specs = list(specs)
+    cache_dir = specs[0].cache_dir
+    rough = sum(s.cache_need(envs)[1] for s in specs)
+    if rough <= free_disk(cache_dir):
+        return
+    images, need = (sum(v) for v in zip(*(s.cache_need(envs, exact=True) for s in specs)))
+    size = specs[0].image_size
+    check_free_disk(cache_dir, need, f"the image cache ({images:,} images of {size}x{size} px)")
 
 
 @lru_cache(maxsize=32)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -12,6 +11,7 @@ from cxrstudy.data.dataspec import DataSpec
 from cxrstudy.data.split import SPLITS
 from cxrstudy.data.stats import dataset_stats
 from cxrstudy.errors import DataError
+from cxrstudy.hospitals import canonical_hospital
 
 
 @dataclass
@@ -25,29 +25,29 @@ class PreprocessResult:
     def stats(self) -> pd.DataFrame:
         return dataset_stats(pd.concat(self.tables.values(), ignore_index=True))
 
-    roots: dict[str, str] = field(default_factory=dict)  # each hospital's dataset folder
-
     @property
     def skipped(self) -> pd.DataFrame:
-        """Skipped images (corrupt, truncated, unreadable): hospital, split, the image path relative
-        to the hospital's dataset folder, and the reason. No subject ids and no absolute paths: it is
-        logged as an artifact."""
-        frames = [e.skipped().assign(split=split, path=lambda d, env=env: relative_to_root(d["path"], self.roots.get(env)))
-                  for (env, split), e in self.entries.items()]
-        cols = ["env", "split", "path", "reason"]
-        return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+        """Skipped images (corrupt, truncated, unreadable) counted per hospital, split and error type,
+        with ``list``: the cache entry's ``skipped.csv`` (relative to the cache folder) that names
+        their files and full errors. This table is logged as an artifact, so it names no image: the
+        image paths of most datasets hold patient ids (``p10000032/``, ``patient00005/``,
+        ``00000004_002.png``), and an error message may hold the path."""
+        rows = []
+        for (env, split), entry in self.entries.items():
+            errors = entry.skipped()["reason"].str.split(":", n=1).str[0]
+            for error, n in errors.value_counts().sort_index().items():
+                rows.append({"env": env, "split": split, "error": error, "n_images": int(n),
+                             "list": f"{entry.place}/skipped.csv"})
+        return pd.DataFrame(rows, columns=["env", "split", "error", "n_images", "list"])
 
 
-def relative_to_root(paths: pd.Series, root: str | None) -> pd.Series:
-    """Paths under ``root`` made relative to it (``/data/nih/images/x.png`` -> ``images/x.png``);
-    any other absolute path keeps only its file name."""
-    def rel(p: str) -> str:
-        if root and os.path.isabs(p):
-            r = os.path.relpath(p, root)
-            return r if not r.startswith("..") else os.path.basename(p)
-        return os.path.basename(p) if os.path.isabs(p) else p
-
-    return paths.astype(str).map(rel)
+def check_sources(spec: DataSpec, envs: list[str]) -> None:
+    """Open every hospital's source before any run is created: a missing dataset folder or label
+    file is one :class:`DataError` line. Metadata mode's mimic (not shipped) is left to
+    :func:`preprocess`, which skips it with a note."""
+    for env in envs:
+        if not (spec.source == "metadata" and canonical_hospital(env) == "mimic"):
+            spec.open(env)
 
 
 def preprocess(spec: DataSpec, envs: list[str], *, workers: int | None = None, progress: bool = True,
@@ -66,7 +66,6 @@ def preprocess(spec: DataSpec, envs: list[str], *, workers: int | None = None, p
                 continue
             raise
         result.tables[env] = spec.table(env)
-        result.roots[env] = str(getattr(source, "dataset_dir", None) or getattr(source, "root", "") or "")
         result.dropped_missing[env] = source.dropped_missing
         result.notes.extend(source.notes)
         if build_cache and source.has_images:

@@ -42,6 +42,21 @@ def assign_splits(table: pd.DataFrame) -> pd.Series:
     return table["subject_id"].astype(str).map(mapping).rename("split")
 
 
+#: the label values each split must hold for one hospital and label: training and the threshold need
+#: positives (train/loop.py); the test split is scored per (hospital, label value) group, so it needs both
+NEEDED_VALUES = {"train": (1,), "val": (1,), "test": (1, 0)}
+
+
+def missing_label_values(table: pd.DataFrame, label: str) -> list[str]:
+    """What a hospital's table (with its ``split`` column) lacks for ``label``, as ``"<split> has no
+    positives"`` / ``"<split> has no negatives"``; empty when every split holds what it needs."""
+    out = []
+    for split, values in NEEDED_VALUES.items():
+        present = set(table.loc[table["split"] == split, label].astype(int))
+        out += [f"{split} has no {'positives' if v else 'negatives'}" for v in values if v not in present]
+    return out
+
+
 def check_no_leakage(table: pd.DataFrame, split: pd.Series) -> None:
     """Raise AssertionError if any subject appears in more than one split."""
     per_subject = pd.Series(split.to_numpy(), index=table["subject_id"].astype(str)).groupby(level=0).nunique()

@@ -23,12 +23,13 @@ import numpy as np
 import pandas as pd
 
 from cxrstudy.data.dataspec import DataSpec
-from cxrstudy.errors import UsageError
+from cxrstudy.errors import DataError, UsageError
 from cxrstudy.evaluate.bootstrap import mean_delta_bootstrap
 from cxrstudy.evaluate.metrics import evaluate_predictions
 from cxrstudy.evaluate.predict import predict_test
 from cxrstudy.labels import label_key
 from cxrstudy.tracking import keys
+from cxrstudy.train.balancing import BALANCE_NONE
 from cxrstudy.tracking.registry import load_trained
 from cxrstudy.train.config import TrainConfig, normalise_envs
 
@@ -131,8 +132,11 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
         df_s = cached_predictions(s_res["model_uri"], s_res["run_id"], envs, template.data, device)
         df_p = cached_predictions(p_res["model_uri"], p_res["run_id"], envs, template.data, device)
         pairs.append((df_s, df_p))
-        ms = evaluate_predictions(df_s, expected_envs=envs)
-        mp = evaluate_predictions(df_p, expected_envs=envs)
+        try:
+            ms = evaluate_predictions(df_s, expected_envs=envs)
+            mp = evaluate_predictions(df_p, expected_envs=envs)
+        except ValueError as e:  # a hospital without positives or negatives for this label
+            raise DataError(f"test split, label {setting.label!r}: {e}") from None
         per_seed.append({"seed": seed, "wga_single": ms["wga"], "wga_pair": mp["wga"],
                          "group_single": ms["wga_group"], "group_pair": mp["wga_group"],
                          "n_group_single": worst_group_size(ms), "n_group_pair": worst_group_size(mp),
@@ -144,8 +148,8 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
     boot = mean_delta_bootstrap(pairs, n_resamples=n_bootstrap, seed=0, expected_envs=envs)
     delta = float(np.mean([r["delta"] for r in per_seed]))
     h2 = {}
-    if trained is not None and setting.balance != keys.BALANCE_NONE:
-        unbalanced = dataclasses.replace(setting, balance=keys.BALANCE_NONE)
+    if trained is not None and setting.balance != BALANCE_NONE:
+        unbalanced = dataclasses.replace(setting, balance=BALANCE_NONE)
         found = [trained(pair_config(template, unbalanced, seed)) for seed in seeds]
         if all(found):
             frames = [cached_predictions(r["model_uri"], r["run_id"], envs, template.data, device) for r in found]

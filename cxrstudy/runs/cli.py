@@ -19,10 +19,27 @@ def parse(params: dict[str, str], argv=None, prog: str | None = None, doc: str |
     ap = argparse.ArgumentParser(prog=prog, description=doc)
     for name, default in params.items():
         ap.add_argument(f"--{name}", default=default, help=f"(default: {default!r})")
-    ns, unknown = ap.parse_known_args(argv)
+    ns, unknown = ap.parse_known_args(_attach_values(params, sys.argv[1:] if argv is None else list(argv)))
     if unknown:
         ap.exit(2, f"error: unknown parameter(s) {' '.join(unknown)}; expected: {', '.join(params)}\n")
     return vars(ns)
+
+
+def _attach_values(params: dict[str, str], argv: list[str]) -> list[str]:
+    """``--lr -1e-3`` -> ``--lr=-1e-3`` for every declared parameter: the token after ``--name`` is its
+    value, whatever it looks like. argparse would read a value that starts with ``-`` (``-1e-3``,
+    ``-inf``, which ``mlflow run -P lr=-1e-3`` passes as two tokens) as an option and stop with
+    "expected one argument"; attached, it reaches the parameter's own check and its one-line message."""
+    out, i = [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok.startswith("--") and tok[2:] in params and i + 1 < len(argv):
+            out.append(f"{tok}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(tok)
+            i += 1
+    return out
 
 
 def run(body: Callable[[], object]) -> None:

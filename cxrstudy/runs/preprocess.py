@@ -43,5 +43,9 @@ def run_preprocess(spec: DataSpec, envs: list[str], *, workers: int | None = Non
             mlflow.log_artifacts(tmp)
         print(f"\nDataset statistics (source={spec.source}, prevalence in %):\n{format_stats(stats)}")
         if result.entries:
-            print(f"{len(skipped)} images skipped (corrupt, truncated or unreadable); list in skipped_images.csv")
+            print(f"{int(skipped['n_images'].sum())} images skipped (corrupt, truncated or unreadable); "
+                  "counts in skipped_images.csv")
+            for (env, split), entry in result.entries.items():
+                if entry.manifest["n_skipped"]:  # the files, on this machine only (never logged)
+                    print(f"  {env}/{split}: {entry.manifest['n_skipped']} listed in {entry.path / 'skipped.csv'}")
     return result

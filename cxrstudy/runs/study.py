@@ -9,10 +9,12 @@ import sys
 import mlflow
 from tqdm.auto import tqdm
 
+from cxrstudy.data.dataspec import DataSpec
+from cxrstudy.data.split import missing_label_values
 from cxrstudy.data.synthetic.config import headline_strength
 from cxrstudy.evaluate.compare import Setting, pair_config, single_config
 from cxrstudy.evaluate.noise_floor import aa_comparisons, aa_training_cells
-from cxrstudy.errors import UsageError
+from cxrstudy.errors import DataError, UsageError
 from cxrstudy.runs.compare import log_shortcut_attribution, run_compare
 from cxrstudy.runs.noise_floor import run_noise_floor
 from cxrstudy.tracking import keys
@@ -55,6 +57,17 @@ def grid_cells(templates, settings: list[Setting], seeds: list[int]) -> list[Tra
     return cells
 
 
+def check_label_values(spec: DataSpec, envs: list[str], labels: list[str]) -> None:
+    """Every hospital's splits hold the label values the study needs for every label (positives to
+    train and validate, both values to score the test groups); else one :class:`DataError` line."""
+    gaps = [f"{env} {gap} for {label}" for env in envs for label in labels
+            for gap in missing_label_values(spec.table(env), label)]
+    if gaps:
+        raise DataError(f"the study cannot train and score every setting: {'; '.join(gaps)} (each hospital's "
+                        "train and val splits need positives and its test split both label values: more "
+                        "patients, or other labels)")
+
+
 def run_main(template: TrainConfig, envs: list[str], labels: list[str], seeds: list[int], balances: list[str], *,
              workers: int = 1, n_bootstrap: int = 1000, device: str = "auto", progress: bool = True,
              probe: bool = False, launcher=None, analyze=None, methods: dict | None = None,
@@ -88,6 +101,7 @@ def run_main(template: TrainConfig, envs: list[str], labels: list[str], seeds: l
         if cfg.content_hash() not in seen:
             seen.add(cfg.content_hash())
             cells.append(cfg)
+    check_label_values(template.data, envs, labels)  # before any run: one line, not a traceback after training
     with tracking.run(run_name="main", tags={keys.ENTRY_TAG: keys.ENTRY_MAIN, "source": template.data.source}) as parent:
         pid = parent.info.run_id
         tracking.mark_synthetic(template.data.is_synthetic)
@@ -136,6 +150,7 @@ def run_main(template: TrainConfig, envs: list[str], labels: list[str], seeds: l
                 # and this study's seeds: a one-seed study next to a three-seed one reads its own seed
                 summary = analyze(experiment_ids=[exp_id], source=template.data.source, shortcut_strengths=used,
                                   seeds=seeds)
+                tracking.mark_synthetic(summary["synthetic"])  # like every other run (and the analyze entry point)
             mlflow.log_metrics({k: v for k, v in _flat_headline(summary).items()})
     return {"run_id": pid, "settings": results, "analysis": summary}
 

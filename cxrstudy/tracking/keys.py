@@ -1,8 +1,9 @@
 """Every string that more than one module (or the analysis, or a user's query) relies on.
 
-Tags, MLflow metric prefixes, the names of the entry points as tagged, the arms of a
-comparison and the balance modes are defined here once and imported everywhere else. This
-module imports nothing but the standard library, so any layer may use it.
+Tags, MLflow metric prefixes, the names of the entry points as tagged and the arms of a
+comparison are defined here once and imported everywhere else (the balance modes, a training
+concept, live with balancing: :mod:`cxrstudy.train.balancing`). This module imports nothing but
+the standard library, so any layer may use it.
 """
 
 from __future__ import annotations
@@ -54,14 +55,6 @@ ENTRY_BENCHMARK = "benchmark"
 ARM_SINGLE = "single"  # the base hospital alone
 ARM_PAIR = "pair"  # the base hospital plus the added one
 ARMS = (ARM_SINGLE, ARM_PAIR)
-
-# --- balance modes (data side) ----------------------------------------------------------------
-BALANCE_NONE = "none"
-BALANCE_HOSPITAL_LABEL = "hospital_label"
-BALANCE_SIZE_MATCHED = "size_matched"
-BALANCE_MODES = (BALANCE_NONE, BALANCE_HOSPITAL_LABEL, BALANCE_SIZE_MATCHED)
-BALANCE_TITLES = {BALANCE_NONE: "no balancing", BALANCE_HOSPITAL_LABEL: "hospital-label balancing",
-                  BALANCE_SIZE_MATCHED: "size-matched"}
 
 # --- metric prefixes -------------------------------------------------------------------------
 VAL_PREFIX = "val/"

@@ -146,13 +146,11 @@ def log_dataset_input(entry, context: str) -> None:
     The dataset's source is the entry's place inside the cache (``<source kind>/<hospital>/<entry>``),
     never the cache's absolute path on this machine."""
     import warnings
-    from pathlib import PurePosixPath
 
     meta = entry.index.drop(columns=["path"])
-    where = str(PurePosixPath(*Path(entry.path).parts[-3:]))
     with warnings.catch_warnings():  # MLflow's hints about source kinds and integer columns: not actionable here
         warnings.simplefilter("ignore", UserWarning)
-        ds = mlflow.data.from_pandas(meta, source=where, digest=entry.key,
+        ds = mlflow.data.from_pandas(meta, source=entry.place, digest=entry.key,
                                      name=f"{entry.manifest['env']}-{entry.manifest['split']}-{entry.size}px")
         mlflow.log_input(ds, context=context)
 

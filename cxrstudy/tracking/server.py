@@ -78,9 +78,27 @@ def check_reachable(uri: str | None = None, timeout: float = 5.0) -> None:
     raise DataError(f"MLflow tracking server {uri} is {reason}; start it or set MLFLOW_TRACKING_URI")
 
 
-if __name__ == "__main__":  # python -m cxrstudy.tracking.server check   (the Makefile runs it before `mlflow run`)
+def check_then_run(argv: list[str]) -> int:
+    """``python -m cxrstudy.tracking.server [COMMAND ...]``: check ``MLFLOW_TRACKING_URI``
+    (:func:`check_reachable`; one line and exit 1 in seconds when it does not answer), then replace
+    this process with ``COMMAND`` (typically ``mlflow run . -e main ...``), whose exit code becomes
+    ours. ``mlflow run`` creates its run on the server before our entry point starts, and with
+    MLflow's default HTTP retries it spends about 4 minutes and five tracebacks on a server that is
+    down; this check says so at once. Returns the exit code when there is no command to run."""
     try:
         check_reachable()
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    if argv:
+        sys.stdout.flush()
+        try:
+            os.execvp(argv[0], argv)
+        except OSError as e:
+            print(f"error: cannot run {argv[0]!r}: {e.strerror or e}", file=sys.stderr)
+            return 127
+    return 0
+
+
+if __name__ == "__main__":  # the Makefile runs `python -m cxrstudy.tracking.server mlflow run ...`
+    sys.exit(check_then_run(sys.argv[1:]))

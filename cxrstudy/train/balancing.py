@@ -15,13 +15,20 @@ import numpy as np
 from imblearn.under_sampling import RandomUnderSampler
 
 from cxrstudy.errors import DataError, UsageError
-from cxrstudy.tracking import keys
+
+# --- the balance modes: one definition (parameters, tags, tables and titles use these) --------------
+BALANCE_NONE = "none"
+BALANCE_HOSPITAL_LABEL = "hospital_label"
+BALANCE_SIZE_MATCHED = "size_matched"
+BALANCE_MODES = (BALANCE_NONE, BALANCE_HOSPITAL_LABEL, BALANCE_SIZE_MATCHED)
+BALANCE_TITLES = {BALANCE_NONE: "no balancing", BALANCE_HOSPITAL_LABEL: "hospital-label balancing",
+                  BALANCE_SIZE_MATCHED: "size-matched"}
 
 
 def parse_balance(value: str) -> str:
     v = str(value).strip().lower().replace("-", "_")
-    if v not in keys.BALANCE_MODES:
-        raise UsageError(f"unknown balance {value!r}; expected one of: {', '.join(keys.BALANCE_MODES)}")
+    if v not in BALANCE_MODES:
+        raise UsageError(f"unknown balance {value!r}; expected one of: {', '.join(BALANCE_MODES)}")
     return v
 
 

@@ -12,8 +12,7 @@ from cxrstudy.errors import UsageError
 from cxrstudy.hospitals import HOSPITALS, parse_envs
 from cxrstudy.labels import canonical_label, label_key
 from cxrstudy.params import as_bool, as_choice, as_float, as_int, given, optional
-from cxrstudy.tracking import keys
-from cxrstudy.train.balancing import parse_balance
+from cxrstudy.train.balancing import BALANCE_MODES, parse_balance
 from cxrstudy.train.models import BACKBONES, normalise_pretrained
 from cxrstudy.train.methods import all_hparam_names, get_method, parse_hparams
 from cxrstudy.train.presets import resolve_preset
@@ -80,8 +79,8 @@ class TrainConfig:
     method_hparams: tuple = ()
 
     def __post_init__(self):
-        if self.balance not in keys.BALANCE_MODES:
-            raise UsageError(f"unknown balance {self.balance!r}; expected one of: {', '.join(keys.BALANCE_MODES)}")
+        if self.balance not in BALANCE_MODES:
+            raise UsageError(f"unknown balance {self.balance!r}; expected one of: {', '.join(BALANCE_MODES)}")
         if self.balance != "none" and len(self.envs) < 2:
             raise UsageError(f"balance={self.balance} needs at least two training hospitals; got {','.join(self.envs)}")
         if self.backbone not in BACKBONES:
@@ -199,6 +198,14 @@ def with_method(cfg: TrainConfig, method: str, raw: dict | None = None) -> Train
         return cfg
     own = {k: v for k, v in (raw or {}).items() if k in get_method(method).HPARAMS and optional(v)}
     return dataclasses.replace(cfg, method=method, method_hparams=tuple(sorted(parse_hparams(method, own).items())))
+
+
+def for_method(raw: dict, method: str) -> dict:
+    """``raw`` with the hyperparameters of every other method blanked. In a study of several methods
+    (``main -P methods=erm,groupdro -P groupdro_eta=0.1``) each method takes its own: the template
+    of ``method`` is built from this, and :func:`with_method` gives every other method its values."""
+    mine = get_method(method).HPARAMS
+    return {k: ("" if k in all_hparam_names() and k not in mine else v) for k, v in raw.items()}
 
 
 def method_from_params(raw: dict) -> dict:

@@ -151,6 +151,14 @@ class SyntheticSource(Source):
         out.attrs = dict(table.attrs)
         return out
 
+    def expected_images(self) -> int:
+        """The table's length once drawn; before that the patient count times the hospital's mean
+        images per patient (drawing the table of millions of patients takes minutes)."""
+        if self._state is not None:
+            return len(self._state[0])
+        p = np.asarray(IMAGES_PER_PATIENT[self.env], float)
+        return round(self.config.n_patients * float(np.dot(np.arange(1, len(p) + 1), p / p.sum())))
+
     # -- images ----------------------------------------------------------------------
     def row_of(self, path: str) -> int:
         prefix = f"{PATH_PREFIX}{self.env}/"
