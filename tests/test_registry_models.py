@@ -155,6 +155,7 @@ def test_a_real_data_model_logs_no_path_of_this_machine_and_loads_where_the_data
     assert cfg.to_dict()["data"]["data_root"] == str(root)  # the identity (hashed) is unchanged
     # a model logged as train logs it (same params, same registration code), without training
     name = "cxrstudy-real-cxp-pad-any-none"
+    mlflow.set_experiment("real-model")  # its artifacts under this test's folder
     with mlflow.start_run() as run:
         mlflow.log_params({"cfg.data_spec": json.dumps(spec.to_log_dict()), "cfg.label": "Any",
                            "cfg.envs": json.dumps(["cxp", "pad"])})
@@ -168,9 +169,13 @@ def test_a_real_data_model_logs_no_path_of_this_machine_and_loads_where_the_data
     params = MlflowClient().get_run(run.info.run_id).data.params
     assert not [k for k, v in params.items() if str(tmp_path) in v or "/where/" in v], params
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/1", dst_path=str(tmp_path / "dl")))
-    mlmodel = (local / "MLmodel").read_text()
-    assert "cxrstudy-model-" not in mlmodel and tempfile.gettempdir() + "/" not in mlmodel, mlmodel
-    arts = yaml.safe_load(mlmodel)["flavors"]["python_function"]["artifacts"]
+    meta = yaml.safe_load((local / "MLmodel").read_text())
+    meta.pop("artifact_path")  # the store's own address of the model (MLflow's, not this machine's files)
+    mlmodel = yaml.safe_dump(meta)
+    for where in ("cxrstudy-model-", tempfile.gettempdir() + "/", str(tmp_path), str(ROOT)):  # temp dir, package
+        assert where not in mlmodel, (where, mlmodel)
+    assert meta["flavors"]["python_function"]["model_code_path"] == "model_code.py"
+    arts = meta["flavors"]["python_function"]["artifacts"]
     assert {k: v["uri"] for k, v in arts.items()} == {"weights": "artifacts/weights.pt", "config": "artifacts/config.json"}
     assert len(mlflow.pyfunc.load_model(f"models:/{name}/1").predict(_images(n=2))) == 2  # still loads and predicts
     uri = f"models:/{name}/1"

@@ -164,18 +164,24 @@ def log_and_register(model: torch.nn.Module, name: str, *, image_size: int, thre
 def drop_local_paths(model_id: str, local_dir: str) -> None:
     """Rewrite the logged model's ``MLmodel`` so that it names no path of this machine: MLflow
     records where each artifact was copied from (``uri: <local_dir>/weights.pt``, a temporary
-    directory); that entry becomes the artifact's path inside the model. Loading reads ``path``."""
+    directory) and where the model code file was (``model_code_path: <package>/model_code.py``).
+    Each becomes the file's path inside the model: loading reads the artifacts' ``path`` and the
+    code file by the base name of ``model_code_path``, from the model's own folder."""
     client = MlflowClient()
     location = client.get_logged_model(model_id).artifact_location
     with tempfile.TemporaryDirectory(prefix="cxrstudy-mlmodel-") as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/MLmodel", dst_path=tmp))
         meta = yaml.safe_load(local.read_text())
-        artifacts = meta["flavors"]["python_function"].get("artifacts") or {}
+        pyfunc = meta["flavors"]["python_function"]
         changed = False
-        for entry in artifacts.values():
+        for entry in (pyfunc.get("artifacts") or {}).values():
             if str(entry.get("uri", "")).startswith(str(local_dir)):
                 entry["uri"] = entry["path"]
                 changed = True
+        code = pyfunc.get("model_code_path")
+        if code and Path(code).is_absolute():
+            pyfunc["model_code_path"] = Path(code).name
+            changed = True
         if changed:
             local.write_text(yaml.safe_dump(meta, default_flow_style=False, sort_keys=False))
             client.log_model_artifact(model_id, str(local))
