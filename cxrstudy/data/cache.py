@@ -9,6 +9,8 @@ Layout of one entry, ``<cache_dir>/<kind>/<env>/<split>-<size>px-<key>/``:
 
 The key is a hash of everything that determines the bytes (source fingerprint, rows, size,
 format version), so re-running with the same inputs finds the entry and does nothing.
+An entry found damaged (a file truncated, missing or unparsable, as a full disk or a stray
+command leaves it) is reported in one line and rebuilt.
 A build writes into ``<entry>.partial/`` and records finished chunks in ``done.npy``; a
 killed build resumes from there, and only a complete build is renamed into place, so a
 reader never sees a half-written entry.
@@ -22,6 +24,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -145,8 +148,44 @@ def open_entry(path: Path) -> CacheEntry:
 
 
 def find_entry(cache_dir, source: Source, rows: pd.DataFrame, split: str, size: int) -> CacheEntry | None:
-    path = entry_dir(cache_dir, source, split, size, cache_key(source, rows, split, size))
-    return open_entry(path) if (path / "manifest.json").is_file() else None
+    """The finished, intact entry for these inputs, or None."""
+    key = cache_key(source, rows, split, size)
+    entry, _ = checked_entry(entry_dir(cache_dir, source, split, size, key), key)
+    return entry
+
+
+def checked_entry(path: Path, key: str) -> tuple[CacheEntry | None, str | None]:
+    """``(entry, None)`` for an intact finished entry ``key`` at ``path``; ``(None, why)`` for a damaged
+    one (why in a few words); ``(None, None)`` where there is none. Checks what a reader relies on:
+    the manifest parses and describes this entry, ``images.u8`` has exactly the manifest's shape in
+    bytes, ``index.csv`` parses into the manifest's number of images with distinct slots inside it."""
+    if not path.is_dir():
+        return None, None
+    if not (path / "manifest.json").is_file():
+        return None, "manifest.json is missing"
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        shape = [int(n) for n in manifest["shape"]]
+        n_images = int(manifest["n_images"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return None, f"manifest.json is unreadable ({type(e).__name__})"
+    if manifest.get("key") != key or len(shape) != 3 or min(shape) < 0:
+        return None, "manifest.json does not describe this entry"
+    expected = shape[0] * shape[1] * shape[2]
+    images = path / "images.u8"
+    if not images.is_file():
+        return None, "images.u8 is missing"
+    if images.stat().st_size != expected:
+        return None, f"images.u8 has {images.stat().st_size} bytes, expected {expected}"
+    try:
+        entry = open_entry(path)
+        slots = pd.to_numeric(entry.index["slot"], errors="raise")
+        entry.index["path"], entry.index["subject_id"]
+    except (OSError, ValueError, KeyError, TypeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        return None, f"index.csv is unreadable ({type(e).__name__})"
+    if len(slots) != n_images or not slots.between(0, shape[0] - 1).all() or slots.duplicated().any():
+        return None, f"index.csv does not match the manifest ({len(slots)} rows for {n_images} images)"
+    return entry, None
 
 
 # ---- worker side -------------------------------------------------------------------------
@@ -195,14 +234,20 @@ def build_entry(
     rows = rows.reset_index(drop=True)
     key = cache_key(source, rows, split, size)
     final = entry_dir(cache_dir, source, split, size, key)
-    if (final / "manifest.json").is_file():
-        return open_entry(final)
+    entry, _ = checked_entry(final, key)
+    if entry is not None:
+        return entry
     final.parent.mkdir(parents=True, exist_ok=True)
     # One builder per entry at a time (parallel grid workers may ask for the same one).
     with open(final.with_name(final.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (final / "manifest.json").is_file():
-            return open_entry(final)
+        entry, damaged = checked_entry(final, key)
+        if entry is not None:
+            return entry
+        if damaged:
+            print(f"warning: the cache entry {final} is damaged ({damaged}): rebuilding it", file=sys.stderr,
+                  flush=True)
+            shutil.rmtree(final)
         _build(source, rows, split, size, key, final, workers=workers, progress=progress)
     return open_entry(final)
 

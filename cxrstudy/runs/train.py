@@ -6,9 +6,11 @@ unless forced, returns it without training (so is a run whose registered model v
 whatever its status). Otherwise it takes the configuration's lock file, waiting while another
 process or machine trains the same configuration, marks RUNNING runs left by dead processes
 FAILED, and trains, resuming from the local
-checkpoint of an earlier interrupted attempt (``<cache_dir>/checkpoints/<hash>/last.pt``),
+checkpoint of an earlier interrupted attempt (``<cache_dir>/checkpoints/<hash>/last.pt``; one that
+does not load is replaced by the copy on the tracking server, else discarded),
 logs parameters, data counts, dataset inputs, per-validation metrics and system metrics, and
-finally logs the best model and registers it (alias ``latest``).
+finally logs the best model and registers it (alias ``latest``), and deletes the resumable
+checkpoints of the configuration's runs from the tracking server.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ from pathlib import Path
 import mlflow
 import torch
 from mlflow.exceptions import MlflowException
+from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 from mlflow.tracking import MlflowClient
 
 from cxrstudy.tracking import keys
 from cxrstudy.tracking import runs as tracking
-from cxrstudy.tracking.registry import has_safe_model, log_and_register, version_tags
+from cxrstudy.tracking.registry import has_safe_model, log_and_register, restore_version_metadata, version_tags
 from cxrstudy.train.config import TrainConfig
 from cxrstudy.train.device import pick_device
-from cxrstudy.train.loop import prepare_data, train_model, validation_metrics
+from cxrstudy.train.loop import discard_damaged_checkpoint, prepare_data, train_model, validation_metrics
 from cxrstudy.data.cache import check_cache_dir
 from cxrstudy.train.lock import TrainLock
 from cxrstudy.train.models import build_model, check_pretrained
@@ -91,7 +94,7 @@ def registered_version_of(run):
     """``(name, version)`` of the READY model version registered from ``run``, or None: from the run's
     ``registered_model``/``registered_version`` tags, else from the registry's record of the run."""
     client = MlflowClient()
-    name, version = run.data.tags.get("registered_model"), run.data.tags.get("registered_version")
+    name, version = run.data.tags.get(keys.REGISTERED_MODEL_TAG), run.data.tags.get(keys.REGISTERED_VERSION_TAG)
     try:
         if name and version:
             mv = client.get_model_version(name, version)
@@ -116,11 +119,12 @@ def find_registered_unfinished(config_hash: str, experiment_ids=None):
         found = registered_version_of(run)
         if found is None:
             continue
-        client.set_tag(run.info.run_id, "registered_model", found[0])
-        client.set_tag(run.info.run_id, "registered_version", str(found[1]))
+        client.set_tag(run.info.run_id, keys.REGISTERED_MODEL_TAG, found[0])
+        client.set_tag(run.info.run_id, keys.REGISTERED_VERSION_TAG, str(found[1]))
         client.set_terminated(run.info.run_id, "FINISHED")
         print(f"run {run.info.run_id} was {run.info.status} but its model {found[0]} v{found[1]} is registered "
               "and READY: marked FINISHED and reused", file=sys.stderr)
+        delete_server_checkpoints(config_hash, run.info.run_id)  # killed before it could delete them itself
         return client.get_run(run.info.run_id)
     return None
 
@@ -228,19 +232,33 @@ def run_training(cfg: TrainConfig, *, force: bool = False, device: str = "auto",
 
 
 def _reuse(cfg: TrainConfig, done, progress: bool) -> dict:
-    """The result of reusing run ``done``; under ``mlflow run``, its own run records what it reused."""
+    """The result of reusing run ``done``; under ``mlflow run``, its own run records what it reused,
+    with the model version (so it leads to the model in the UI). The version's description and
+    aliases are set if a kill right after its registration left them unset."""
     tags = done.data.tags
-    result = {"run_id": done.info.run_id, "registered_model": tags.get("registered_model"),
-              "registered_version": int(tags.get("registered_version", 0)),
-              "model_uri": f"models:/{tags.get('registered_model')}/{tags.get('registered_version')}",
+    name, version = tags.get(keys.REGISTERED_MODEL_TAG), tags.get(keys.REGISTERED_VERSION_TAG)
+    if name and version:
+        try:
+            fixed = restore_version_metadata(name, int(version))
+        except MlflowException as e:  # the registry refused (a version deleted by hand): reuse it as it is
+            fixed = []
+            print(f"warning: could not check the aliases of {name} v{version}: {(str(e).strip().splitlines() or [''])[0]}",
+                  file=sys.stderr)
+        if fixed:
+            print(f"model {name} v{version}: set {', '.join(fixed)}, left unset when its run was interrupted",
+                  file=sys.stderr)
+    result = {"run_id": done.info.run_id, "registered_model": name,
+              "registered_version": int(version or 0),
+              "model_uri": f"models:/{name}/{version}",
               "reused": True, "constant": done.data.metrics.get("val/constant_model", 0.0) >= 1.0,
               # runs from before the convergence rule carry no "converged" metric: not flagged
               "converged": done.data.metrics.get("converged", 1.0) >= 1.0}
     if mlflow.active_run() is None and os.environ.get("MLFLOW_RUN_ID"):
         # `mlflow run` already opened a run for us: record what it reused, then finish it.
-        with tracking.run(run_name=run_name_of(cfg), tags={keys.ENTRY_TAG: keys.ENTRY_TRAIN,
-                                                           keys.REUSED_RUN_TAG: done.info.run_id,
-                                                           keys.REUSED_CONFIG_HASH_TAG: cfg.content_hash()}):
+        reused = {keys.REUSED_RUN_TAG: done.info.run_id, keys.REUSED_CONFIG_HASH_TAG: cfg.content_hash()}
+        if name and version:
+            reused.update({keys.REGISTERED_MODEL_TAG: name, keys.REGISTERED_VERSION_TAG: str(version)})
+        with tracking.run(run_name=run_name_of(cfg), tags={keys.ENTRY_TAG: keys.ENTRY_TRAIN, **reused}):
             tracking.mark_synthetic(cfg.data.is_synthetic)
     if progress:
         print(f"already trained: run {done.info.run_id} ({result['model_uri']}); pass force=true to retrain",
@@ -256,7 +274,14 @@ def _train_holding_lock(cfg: TrainConfig, *, force: bool, device: str, progress:
     if force and ck_dir.exists():
         shutil.rmtree(ck_dir)
     if not force:
-        restore_server_checkpoint(h, ck_dir, progress=progress)
+        # a local checkpoint truncated by a kill or a full disk is discarded: the server's copy is as good
+        damaged = discard_damaged_checkpoint(ck_dir / "last.pt")
+        restored = restore_server_checkpoint(h, ck_dir, progress=progress and not damaged)
+        if damaged:
+            print(f"warning: the local checkpoint {ck_dir / 'last.pt'} is damaged ({damaged}): discarded; "
+                  + (f"resuming from the intact copy of run {restored} on the tracking server" if restored else
+                     "no intact copy on the tracking server, so training starts from step 0"),
+                  file=sys.stderr, flush=True)
     dev = pick_device(device)
     with tracking.run(run_name=run_name, tags={**_tags(cfg), keys.CONFIG_HASH_TAG: h,
                                                 keys.DATA_FINGERPRINT_TAG: cfg.data_fingerprint()}, nested=parent_run_id is not None,
@@ -306,7 +331,9 @@ def _train_holding_lock(cfg: TrainConfig, *, force: bool, device: str, progress:
                               image_size=cfg.image_size, val_metrics=best_val, best_step=out.best_step),
             metadata={"envs": list(cfg.envs), "config_hash": h})
         version = registered.version
-        mlflow.set_tags({"registered_model": name, "registered_version": str(version)})
+        mlflow.set_tags({keys.REGISTERED_MODEL_TAG: name, keys.REGISTERED_VERSION_TAG: str(version)})
+        # the model is registered: no run of this configuration needs its resumable checkpoint any more
+        delete_server_checkpoints(h, active.info.run_id)
         tracking.log_json({"config": cfg.to_log_dict(), "config_hash": h, "threshold": out.threshold,
                            "best_step": out.best_step, "history": out.history, "counts": data.counts},
                           "train_summary.json")
@@ -334,7 +361,8 @@ CHECKPOINT_ARTIFACT_DIR = "checkpoints"
 
 def upload_checkpoint(path: Path) -> None:
     """Log the resumable checkpoint ``last.pt`` to the active run (``checkpoints/last.pt``), so a run
-    killed on one machine can resume on another from the tracking server alone. An upload that
+    killed on one machine can resume on another from the tracking server alone (it is deleted once
+    the model is registered: :func:`delete_server_checkpoints`). An upload that
     fails is a warning, not the end of the training: the local checkpoint is still there."""
     try:
         mlflow.log_artifact(str(path), artifact_path=CHECKPOINT_ARTIFACT_DIR)
@@ -369,3 +397,27 @@ def restore_server_checkpoint(config_hash: str, ck_dir: Path, *, progress: bool 
                   file=sys.stderr)
         return run.info.run_id
     return None
+
+
+def delete_server_checkpoints(config_hash: str, run_id: str) -> list[str]:
+    """Delete the resumable checkpoint (``checkpoints/``) from run ``run_id``, whose model is registered,
+    and from the FAILED or KILLED runs of the same configuration (the interrupted attempts it may have
+    resumed from): nothing resumes them any more, and each holds a full model with its optimiser state.
+    RUNNING runs are left alone. A deletion that fails is a warning. Returns the runs cleaned."""
+    client = MlflowClient()
+    runs = [client.get_run(run_id)] + [
+        r for r in search_training_runs(f"tags.`{keys.CONFIG_HASH_TAG}` = '{config_hash}' and "
+                                        "attributes.status != 'FINISHED' and attributes.status != 'RUNNING'")
+        if r.info.run_id != run_id]
+    cleaned = []
+    for run in runs:
+        try:
+            if not client.list_artifacts(run.info.run_id, CHECKPOINT_ARTIFACT_DIR):
+                continue
+            get_artifact_repository(run.info.artifact_uri).delete_artifacts(CHECKPOINT_ARTIFACT_DIR)
+            cleaned.append(run.info.run_id)
+        except (MlflowException, OSError) as e:
+            print(f"warning: could not delete the checkpoint of run {run.info.run_id} from the tracking server "
+                  f"({(str(e).strip().splitlines() or [type(e).__name__])[0]}); it is not needed any "
+                  "more", file=sys.stderr)
+    return cleaned

@@ -24,6 +24,9 @@ AA_SEEDS_TAG = "seeds_b"  # an A/A comparison's second, disjoint seed set
 RESUMED_TAG = "cxrstudy.resumed"
 REUSED_RUN_TAG = "cxrstudy.reused_run"
 REUSED_CONFIG_HASH_TAG = "cxrstudy.reused_config_hash"
+# the registered model version a training run produced (or, on a run that reused one, the version it reused)
+REGISTERED_MODEL_TAG = "registered_model"
+REGISTERED_VERSION_TAG = "registered_version"
 SLURM_JOB_TAG = "cxrstudy.slurm_job"  # "<array job id>_<task id>" of the task that owns a run
 CELL_HASH_TAG = "cxrstudy.cell_hash"  # the config hash of the cell a Slurm task trains
 TUNE_STUDY_TAG = "cxrstudy.tune_study"

@@ -190,27 +190,61 @@ def drop_local_paths(model_id: str, local_dir: str) -> None:
 def update_best_alias(name: str) -> int | None:
     """Point ``best`` at the version of ``name`` with the highest validation WGA (ties: the earliest,
     so the alias moves only for a strictly better model); returns that version."""
-    client = MlflowClient()
+    best = best_version(MlflowClient().search_model_versions(f"name = '{name}'"))
+    if best is not None:
+        MlflowClient().set_registered_model_alias(name, BEST_ALIAS, str(best))
+    return best
+
+
+def best_version(versions) -> int | None:
+    """Which of these model versions ``best`` belongs to (see :func:`update_best_alias`), or None."""
     scored = []
-    for mv in client.search_model_versions(f"name = '{name}'"):
+    for mv in versions:
         try:
             wga = float(mv.tags.get(BEST_METRIC_TAG, "nan"))
         except ValueError:
             continue
         if math.isfinite(wga):
             scored.append((wga, -int(mv.version)))
-    if not scored:
-        return None
-    best = -max(scored)[1]
-    client.set_registered_model_alias(name, BEST_ALIAS, str(best))
-    return best
+    return -max(scored)[1] if scored else None
+
+
+def restore_version_metadata(name: str, version: int) -> list[str]:
+    """Finish what :func:`log_and_register` does after registering, for a version whose run was killed
+    in between and is now reused: its description, ``seed<k>`` on the newest READY version trained
+    with its seed k, and ``best``. What is already right is left alone. Returns what was set."""
+    client = MlflowClient()
+    mv = client.get_model_version(name, str(version))
+    fixed = []
+    if not mv.description:
+        try:
+            description = version_description(mv.tags)
+        except (KeyError, ValueError):  # a version without the tags a description is made of: left bare
+            description = None
+        if description:
+            client.update_model_version(name, str(version), description=description)
+            fixed.append("description")
+    versions = client.search_model_versions(f"name = '{name}'")
+    held = {a: int(v) for a, v in (client.get_registered_model(name).aliases or {}).items()}
+    seed = mv.tags.get("seed", "")
+    if seed.isdigit():
+        newest = max(int(v.version) for v in versions
+                     if (v.tags.get("seed") == seed and v.status == "READY") or int(v.version) == int(version))
+        if held.get(seed_alias(int(seed))) != newest:
+            client.set_registered_model_alias(name, seed_alias(int(seed)), str(newest))
+            fixed.append(seed_alias(int(seed)))
+    best = best_version(versions)
+    if best is not None and held.get(BEST_ALIAS) != best:
+        client.set_registered_model_alias(name, BEST_ALIAS, str(best))
+        fixed.append(BEST_ALIAS)
+    return fixed
 
 
 def has_safe_model(run) -> bool:
     """Whether a training run's registered version is in the safe format (weights and config, model
     code from the package): versions in that format carry the data fingerprint tag; older versions
     are pickled models, which cxrstudy refuses to load."""
-    name, version = run.data.tags.get("registered_model"), run.data.tags.get("registered_version")
+    name, version = run.data.tags.get(keys.REGISTERED_MODEL_TAG), run.data.tags.get(keys.REGISTERED_VERSION_TAG)
     if not name or not version:
         return False
     try:
@@ -237,7 +271,7 @@ def resolve_model_uri(uri: str) -> str:
     uri = str(uri).strip()
     if _RUN_ID.match(uri):
         run = _get_run(uri)
-        name, version = run.data.tags.get("registered_model"), run.data.tags.get("registered_version")
+        name, version = run.data.tags.get(keys.REGISTERED_MODEL_TAG), run.data.tags.get(keys.REGISTERED_VERSION_TAG)
         if name and version:
             return f"models:/{name}/{version}"
         return f"runs:/{uri}/model"

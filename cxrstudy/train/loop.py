@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +227,29 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def checkpoint_damage(path: Path) -> str | None:
+    """Why the resumable checkpoint at ``path`` cannot be resumed from (a file truncated or
+    overwritten after a kill, a disk error), in a few words; None when it loads as one."""
+    try:
+        ck = load_checkpoint(path)
+        int(ck["state"]["step"]), list(ck["state"]["history"]), ck["model"], ck["optimizer"]
+    except Exception as e:  # torch raises RuntimeError, pickle errors, EOFError... for a damaged file
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0]  # torch's messages run on for lines
+        return f"{type(e).__name__}: {first}"[:160]
+    return None
+
+
+def discard_damaged_checkpoint(path: Path) -> str | None:
+    """Remove the checkpoint at ``path`` if it exists and cannot be resumed from; returns why
+    (None: absent or intact)."""
+    if not path.is_file():
+        return None
+    why = checkpoint_damage(path)
+    if why is not None:
+        path.unlink(missing_ok=True)
+    return why
+
+
 def train_groups(pools: list[HospitalPool]) -> tuple[np.ndarray, np.ndarray]:
     """Labels and (hospital, label) group ids of every training example, pools concatenated in
     slot order (the numbering of ``EqualShareBatches.rows``)."""
@@ -346,6 +370,10 @@ def _train(cfg: TrainConfig, data: TrainData, method: Method, *, device: torch.d
     state = {"step": 0, "best_score": -math.inf, "best_step": 0, "bad_evals": 0, "threshold": 0.5,
              "history": [], "best_model": None}
     last = checkpoint_dir / "last.pt"
+    damaged = discard_damaged_checkpoint(last)
+    if damaged:
+        print(f"warning: the checkpoint {last} is damaged ({damaged}): discarded; {desc} starts from step 0",
+              file=sys.stderr, flush=True)
     if last.is_file():
         ck = load_checkpoint(last)
         model.load_state_dict(ck["model"])
