@@ -6,6 +6,9 @@ For a model trained on two hospitals it also scores the correlation-strength tes
 (docs/PROTOCOL.md): WGA and AUROC for hospital-label correlation r = 0.0, 0.1, ..., 1.0, logged as
 ``corr/<r>/wga`` and ``corr/<r>/auroc`` with the curve ``corr_sweep.png`` (``-P corr_sweep=false``
 turns it off; ``true`` makes it an error when it cannot run).
+
+A model trained on real data needs ``-P data_root=`` (and ``-P roots=`` where its training had them):
+its run logs no paths.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ PARAMS = {
     "corr_draws": "5",
     "device": "auto",
     "data_root": "",
+    "roots": "",
     "cache_dir": "",
 }
 
@@ -41,6 +45,7 @@ def main(argv=None) -> None:
         from cxrstudy.tracking import runs as tracking
         from cxrstudy.train.device import pick_device
         from cxrstudy.data.cache import check_cache_dir
+        from cxrstudy.data.dataspec import parse_roots
 
         if not optional(raw["model_uri"]):
             raise UsageError("parameter model_uri is required, e.g. models:/<name>@latest or a training run id")
@@ -54,7 +59,8 @@ def main(argv=None) -> None:
             check_cache_dir(raw["cache_dir"])  # one line, before any work
         tracking.setup()
         run_evaluate(raw["model_uri"], envs, n_boot=n_boot, seed=seed, sweep_mode=sweep_mode, draws=draws,
-                     device=raw["device"], data_root=optional(raw["data_root"]), cache_dir=optional(raw["cache_dir"]))
+                     device=raw["device"], data_root=optional(raw["data_root"]), cache_dir=optional(raw["cache_dir"]),
+                     roots=parse_roots(raw["roots"]))
 
     cli.run(body)
 

@@ -8,7 +8,8 @@ Embeds the test images of the named hospitals (default: all four) with the regis
 value: every pair of hospitals and all at once, classes undersampled to the smallest, 80/20 split;
 plus two controls (random halves of one hospital; the label within each hospital). Logs
 ``probe/<a>_vs_<b>/label<0|1>/acc``, ``probe/all/label<v>/acc``, ``probe/control/<h>/acc``,
-``probe/label/<h>/acc`` and ``probe_results.csv``.
+``probe/label/<h>/acc`` and ``probe_results.csv``. A model trained on real data needs
+``-P data_root=`` (and ``-P roots=`` where its training had them): its run logs no paths.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ PARAMS = {
     "force": "false",
     "device": "auto",
     "data_root": "",
+    "roots": "",
     "cache_dir": "",
 }
 
@@ -43,6 +45,7 @@ def main(argv=None) -> None:
         from cxrstudy.runs.probe import run_probe
         from cxrstudy.train.device import pick_device
         from cxrstudy.data.cache import check_cache_dir
+        from cxrstudy.data.dataspec import parse_roots
 
         if not optional(raw["model_uri"]):
             raise UsageError("parameter model_uri is required, e.g. models:/<name>@latest or models:/<name>/<version>")
@@ -57,7 +60,8 @@ def main(argv=None) -> None:
             check_cache_dir(raw["cache_dir"])  # one line, before any work
         tracking.setup()
         run_probe(raw["model_uri"], envs, seed=seed, min_per_class=min_per_class, device=raw["device"],
-                  data_root=optional(raw["data_root"]), cache_dir=optional(raw["cache_dir"]), force=force)
+                  data_root=optional(raw["data_root"]), cache_dir=optional(raw["cache_dir"]),
+                  roots=parse_roots(raw["roots"]), force=force)
 
     cli.run(body)
 

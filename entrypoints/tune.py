@@ -3,9 +3,12 @@ an MLflow run nested under the study's parent run.
 
     mlflow run . --env-manager local -e tune -P envs=cxp,nih -P label=effusion -P n_trials=20
 
-Start the same command on several machines (or several times on one) with a shared
--P storage=postgresql://user:password@host/db (or journal:<path> on a shared disk) and they split
-the study's trials; run it again to resume or, with a larger n_trials, to extend it.
+Start the same command on several machines (or several times on one) with a shared storage and
+they split the study's trials; run it again to resume or, with a larger n_trials, to extend it.
+The storage is -P storage=journal:<path> (a file on a shared disk) or a database URL without a
+password, -P storage=postgresql://user@host/db, with the password in PGPASSWORD or ~/.pgpass;
+or leave storage empty and put the whole URL in the environment variable CXRSTUDY_TUNE_STORAGE.
+Never put a password in a -P value: MLflow logs and prints every parameter (tune refuses it).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ def isolated_store(migrated_db: Path, folder: Path, monkeypatch):
     db = folder / "mlflow.db"
     shutil.copy(migrated_db, db)
     uri = f"sqlite:///{db}"
-    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "CXRSTUDY_TUNE_STORAGE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("CXRSTUDY_CACHE", str(folder / "cache"))

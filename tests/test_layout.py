@@ -4,8 +4,13 @@ across modules, every shared string defined once (tracking/keys.py)."""
 from __future__ import annotations
 
 import ast
+import fnmatch
 import re
+import subprocess
+import tomllib
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "cxrstudy"
@@ -167,3 +172,18 @@ def test_docstrings_point_at_the_protocol_in_the_repository():
             for m in re.finditer(r"PROTOCOL\.md", text):
                 before = text[max(0, m.start() - 5):m.start()]
                 assert before.endswith("docs/"), f"{path}: cite docs/PROTOCOL.md"
+
+
+def test_every_file_in_the_package_is_tracked_source_or_declared_package_data():
+    """No stray files (``*.orig``, ``*.rej``, logs, notes) are tracked under cxrstudy/: each is a
+    Python module or matches the package data that pyproject.toml ships."""
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "cxrstudy"], cwd=ROOT, capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    tracked = [p for p in out.stdout.decode().split("\0") if p]
+    assert tracked, "git ls-files found nothing under cxrstudy/"
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["cxrstudy"]
+    stray = [p for p in tracked
+             if not p.endswith(".py") and not any(fnmatch.fnmatch(p, f"cxrstudy/{g}") for g in data)]
+    assert not stray, f"tracked files under cxrstudy/ that are neither modules nor package data: {stray}"

@@ -10,6 +10,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from realdata_fixtures import make_data_root
 
+from cxrstudy.data.dataspec import PATH_NOT_LOGGED
 from cxrstudy.labels import LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,10 @@ def test_real_preprocess_counts_skipped_images_and_lists_them_only_in_the_cache(
     preprocess_entry.main(["--source", "real", "--data_root", str(data["data_root"]), "--image_size", "24"])
     out = capsys.readouterr().out
     row = _only_run()
+    # the data spec it logs names no path of this machine
+    spec = json.loads(MlflowClient().get_run(row.run_id).data.params["cfg.data_spec"])
+    assert spec["source"] == "real" and spec["data_root"] == PATH_NOT_LOGGED, spec
+    assert str(tmp_path) not in json.dumps(MlflowClient().get_run(row.run_id).data.params)
     path = mlflow.artifacts.download_artifacts(run_id=row.run_id, artifact_path="skipped_images.csv")
     skipped = pd.read_csv(path)
     # the artifact counts them and names the cache's list; it names no image, since the image paths

@@ -4,6 +4,8 @@ refused without running; a killed run resumes from the checkpoint on the trackin
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import pickle
@@ -11,7 +13,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -21,15 +25,21 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
 import cxrstudy.runs.train as train_run_mod
+from cxrstudy.data.dataspec import PATH_NOT_LOGGED, DataSpec
 from cxrstudy.errors import DataError
 from cxrstudy.runs.train import checkpoint_dir, run_training
 from cxrstudy.tracking import keys, registry
+from cxrstudy.tracking.pyfunc_model import MAX_PIXELS, read_image_files
 from cxrstudy.tracking.registry import load_model, load_trained
 from cxrstudy.tracking.server import free_port
+from cxrstudy.train.config import TrainConfig
+from cxrstudy.train.models import BinaryClassifier
+from test_pyfunc_inputs import png_claiming as _png_claiming
 from test_train_evaluate import history, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +96,7 @@ def _images(n=4, h=50, w=70, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, h, w), dtype=np.uint8)
 
 
-def test_pyfunc_predicts_on_raw_images_and_paths_and_matches_the_torch_model(store, tmp_path):
+def test_pyfunc_predicts_on_raw_images_and_image_bytes_and_matches_the_torch_model(store, tmp_path):
     cfg = tiny_config(tmp_path)
     res = run_training(cfg, progress=False)
     uri = f"models:/{cfg.model_name()}@latest"
@@ -101,14 +111,17 @@ def test_pyfunc_predicts_on_raw_images_and_paths_and_matches_the_torch_model(sto
         ref = torch.softmax(trained.model(torch.from_numpy(resized).unsqueeze(1).float() / 255), 1)[:, 1].numpy()
     np.testing.assert_allclose(out["probability"].to_numpy(), ref, rtol=1e-5, atol=1e-6)
     assert (out["prediction"] == (out["probability"] >= trained.threshold).astype(int)).all()
-    # image files give the same answers (PNG is lossless; same resize)
+    # image files, read by the caller, give the same answers (PNG is lossless; same resize); the
+    # model itself opens no file, even in process
     paths = []
     for i, a in enumerate(x):
         p = tmp_path / f"img{i}.png"
         Image.fromarray(a).save(p)
         paths.append(str(p))
-    by_path = pyf.predict(paths)
-    np.testing.assert_allclose(by_path["probability"].to_numpy(), out["probability"].to_numpy(), rtol=1e-6)
+    by_file = pyf.predict(read_image_files(paths))
+    np.testing.assert_allclose(by_file["probability"].to_numpy(), out["probability"].to_numpy(), rtol=1e-6)
+    with pytest.raises(MlflowException, match="input 0 is not a base64-encoded PNG or JPEG image"):
+        pyf.predict(paths)
     # another size, and a single image as one-element batch
     assert len(pyf.predict(_images(n=1, h=20, w=20))) == 1
     # signature and input example say what goes in and out; no pickle among the artifacts
@@ -126,6 +139,55 @@ def test_pyfunc_predicts_on_raw_images_and_paths_and_matches_the_torch_model(sto
     # the stored model code only imports the package's class
     assert "from cxrstudy.tracking.pyfunc_model import ClassifierModel" in (local / "model_code.py").read_text()
     assert res["registered_version"] == 1
+
+
+def test_a_real_data_model_logs_no_path_of_this_machine_and_loads_where_the_data_is(store, tmp_path):
+    """No absolute path in what a model's run and the model itself log: the data spec names no
+    data root (the fingerprint tag says what the data was), the MLmodel no temporary directory.
+    Loading it elsewhere takes data_root (and roots) from the caller, with one line if missing."""
+    root, pad = tmp_path / "where" / "the" / "data" / "is", tmp_path / "pad-elsewhere"
+    spec = DataSpec(source="real", data_root=str(root), roots=(("pad", str(pad)),), image_size=32,
+                    cache_dir=str(tmp_path / "cache"))
+    cfg = TrainConfig(envs=("cxp", "pad"), label="Any", data=spec, backbone="smallcnn", pretrained="none")
+    logged = cfg.to_log_dict()
+    assert str(tmp_path) not in json.dumps(logged) and logged["data"]["data_root"] == PATH_NOT_LOGGED
+    assert logged["data"]["roots"] == {"pad": PATH_NOT_LOGGED}
+    assert cfg.to_dict()["data"]["data_root"] == str(root)  # the identity (hashed) is unchanged
+    # a model logged as train logs it (same params, same registration code), without training
+    name = "cxrstudy-real-cxp-pad-any-none"
+    mlflow.set_experiment("real-model")  # its artifacts under this test's folder
+    with mlflow.start_run() as run:
+        mlflow.log_params({"cfg.data_spec": json.dumps(spec.to_log_dict()), "cfg.label": "Any",
+                           "cfg.envs": json.dumps(["cxp", "pad"])})
+        mlflow.log_metric("threshold", 0.5)
+        torch.manual_seed(0)
+        registry.log_and_register(BinaryClassifier("smallcnn").eval(), name, image_size=32, threshold=0.5,
+                                  label="Any", tags=registry.version_tags(
+                                      label="Any", hospitals=cfg.envs, method="erm", balance="none", seed=0,
+                                      threshold=0.5, config_hash="0" * 16, data_fingerprint="0" * 16, synthetic=False,
+                                      image_size=32, val_metrics={}, best_step=0))
+    params = MlflowClient().get_run(run.info.run_id).data.params
+    assert not [k for k, v in params.items() if str(tmp_path) in v or "/where/" in v], params
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/1", dst_path=str(tmp_path / "dl")))
+    meta = yaml.safe_load((local / "MLmodel").read_text())
+    meta.pop("artifact_path")  # the store's own address of the model (MLflow's, not this machine's files)
+    mlmodel = yaml.safe_dump(meta)
+    for where in ("cxrstudy-model-", tempfile.gettempdir() + "/", str(tmp_path), str(ROOT)):  # temp dir, package
+        assert where not in mlmodel, (where, mlmodel)
+    assert meta["flavors"]["python_function"]["model_code_path"] == "model_code.py"
+    arts = meta["flavors"]["python_function"]["artifacts"]
+    assert {k: v["uri"] for k, v in arts.items()} == {"weights": "artifacts/weights.pt", "config": "artifacts/config.json"}
+    assert len(mlflow.pyfunc.load_model(f"models:/{name}/1").predict(_images(n=2))) == 2  # still loads and predicts
+    uri = f"models:/{name}/1"
+    with pytest.raises(DataError) as e:
+        load_trained(uri)
+    assert "\n" not in str(e.value) and "data_root and roots pad=<path>" in str(e.value) and uri in str(e.value)
+    with pytest.raises(DataError, match="give roots pad=<path>"):
+        load_trained(uri, data_root=str(root))
+    trained = load_trained(uri, data_root=str(root), roots=(("pad", str(pad)),), cache_dir=str(tmp_path / "c2"))
+    assert trained.spec == DataSpec(source="real", data_root=str(root), roots=(("pad", str(pad)),), image_size=32,
+                                    cache_dir=str(tmp_path / "c2"))
+    assert trained.envs == ["cxp", "pad"] and trained.threshold == 0.5
 
 
 class _Evil:
@@ -181,12 +243,33 @@ def test_a_crafted_pickle_is_refused_without_running(store, tmp_path):
     assert not marker.exists()
 
 
-def test_served_model_answers_invocations_with_the_same_probabilities(store, tmp_path):
+def _post(url: str, payload) -> tuple[int, dict]:
+    req = urllib.request.Request(url + "/invocations", data=json.dumps(payload).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _png_b64(a: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_served_model_answers_what_http_clients_send_and_opens_no_file(store, tmp_path):
+    """One server, several requests: pixel arrays and base64 PNGs give the in-process
+    probabilities; a request naming a server file (one that exists and is an image, /etc/passwd,
+    a folder, nothing) gets the same one-line 400 answer each time, and nothing is scored."""
     cfg = tiny_config(tmp_path)
     run_training(cfg, progress=False)
     uri = f"models:/{cfg.model_name()}@latest"
     x = _images(n=3, h=40, w=40, seed=1)
     expected = mlflow.pyfunc.load_model(uri).predict(x)
+    on_disk = tmp_path / "patient.png"  # an image the server could read, if it read files
+    Image.fromarray(x[0]).save(on_disk)
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": store,
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -208,10 +291,14 @@ def test_served_model_answers_invocations_with_the_same_probabilities(store, tmp
                 pass
             assert time.monotonic() < deadline, "server did not answer /ping: " + (tmp_path / "serve.log").read_text()[-3000:]
             time.sleep(0.3)
-        req = urllib.request.Request(url + "/invocations", data=json.dumps({"inputs": x.tolist()}).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            body = json.loads(r.read())
+        answers = {
+            "pixels": _post(url, {"inputs": x.tolist()}),
+            "png": _post(url, {"inputs": [_png_b64(a) for a in x]}),
+            "rgb": _post(url, {"inputs": np.stack([x[0]] * 3, axis=-1).tolist()}),  # one (H, W, 3) image
+            "bomb": _post(url, {"inputs": [base64.b64encode(_png_claiming(100_000, 100_000)).decode()]}),
+            **{f"file:{p}": _post(url, {"inputs": [p]}) for p in
+               (str(on_disk), "/etc/passwd", str(tmp_path), str(tmp_path / "no-such.png"))},
+        }
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -220,9 +307,24 @@ def test_served_model_answers_invocations_with_the_same_probabilities(store, tmp
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         log.close()
-    got = pd.DataFrame(body["predictions"])
-    np.testing.assert_allclose(got["probability"].to_numpy(), expected["probability"].to_numpy(), rtol=1e-6)
-    assert got["prediction"].tolist() == expected["prediction"].tolist()
+    for kind in ("pixels", "png"):
+        status, body = answers[kind]
+        assert status == 200, (kind, body)
+        got = pd.DataFrame(body["predictions"])
+        np.testing.assert_allclose(got["probability"].to_numpy(), expected["probability"].to_numpy(), rtol=1e-6)
+        assert got["prediction"].tolist() == expected["prediction"].tolist()
+    status, body = answers["rgb"]  # one colour image: one answer, that of its gray version
+    assert status == 200 and len(body["predictions"]) == 1
+    assert body["predictions"][0]["probability"] == pytest.approx(expected["probability"][0], rel=1e-6)
+    status, body = answers["bomb"]
+    assert status == 400 and f"{MAX_PIXELS:,} pixels" in body["message"] and "Traceback" not in json.dumps(body)
+    files = {k: v for k, v in answers.items() if k.startswith("file:")}
+    assert {status for status, _ in files.values()} == {400}, files
+    errors = {body["message"].split("Error: ", 1)[-1] for _, body in files.values()}
+    assert len(errors) == 1, errors  # nothing tells an existing file from a secret, a folder or nothing
+    error = errors.pop()
+    assert error.startswith("input 0 is not a base64-encoded PNG or JPEG image") and "\n" not in error
+    assert not any("predictions" in body for _, body in files.values())
 
 
 def test_a_killed_run_resumes_on_another_machine_from_the_server_checkpoint(store, tmp_path, monkeypatch):

@@ -16,9 +16,9 @@ from optuna.trial import TrialState
 
 import cxrstudy.train.loop as trainer_mod
 from cxrstudy.train.config import TRAIN_PARAMS, config_from_params
-from cxrstudy.errors import UsageError
+from cxrstudy.errors import DataError, UsageError
 from cxrstudy.tracking import keys
-from cxrstudy.tune.storage import HeartbeatJournalStorage, parse_storage
+from cxrstudy.tune.storage import STORAGE_ENV, HeartbeatJournalStorage, parse_storage
 from cxrstudy.runs.tune import PARENT_ATTR, RUN_ID_ATTR, TUNE_PARAMS, StudyWorker, run_tune, tune_from_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +113,11 @@ def test_storage_urls(tmp_path):
 
 
 @pytest.mark.parametrize("url", ["postgresql://me:secret@db.example:5432/optuna", "postgres://me:secret@db/o",
-                                 "postgresql+psycopg2://me:secret@db/o", "mysql://me:secret@db/o"])
+                                 "postgresql+psycopg2://me:secret@db/o", "mysql://me:secret@db/o",
+                                 # a password in the query string is a password too (libpq, MySQL)
+                                 "postgresql://me@db.example:5432/optuna?password=secret",
+                                 "postgresql://me@db/o?sslmode=require&PASSWORD=secret",
+                                 "mysql://me@db/o?passwd=secret&charset=utf8"])
 def test_storage_url_with_a_password_is_refused_without_printing_it(url, tmp_path):
     with pytest.raises(UsageError) as e:
         parse_storage(url, f"sqlite:///{tmp_path}/mlflow.db")
@@ -122,17 +126,52 @@ def test_storage_url_with_a_password_is_refused_without_printing_it(url, tmp_pat
     assert "me@db" in msg  # the URL to use instead
 
 
-def test_tune_entry_refuses_a_password_in_storage_with_exit_2(store, capsys):
+def _tune_entry():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("tune_entry", ROOT / "entrypoints" / "tune.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("url", ["postgresql://optuna:secret@db-host/optuna",
+                                 "postgresql://u@127.0.0.1:1/db?password=secret"])
+def test_tune_entry_refuses_a_password_in_storage_with_exit_2(store, capsys, url):
     with pytest.raises(SystemExit) as e:
-        mod.main(["--storage", "postgresql://optuna:secret@db-host/optuna", "--envs", "cxp,nih", "--label", "any", "--preset", "cpu"])
+        _tune_entry().main(["--storage", url, "--envs", "cxp,nih", "--label", "any", "--preset", "cpu"])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and "secret" not in err and "PGPASSWORD" in err
+    assert e.value.code == 2 and "secret" not in err and "PGPASSWORD" in err and STORAGE_ENV in err
     assert len(err.strip().splitlines()) == 1, err
+    assert not mlflow.search_runs(search_all_experiments=True).shape[0]  # refused before any run
+
+
+def test_tune_help_never_tells_users_to_put_a_password_in_a_parameter(capsys):
+    with pytest.raises(SystemExit) as e:
+        _tune_entry().main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "storage" in out and STORAGE_ENV in out
+    assert "password@" not in out and ":secret@" not in out, out
+
+
+def test_the_storage_url_with_its_password_comes_from_the_environment_and_is_never_shown(store, monkeypatch,
+                                                                                          tmp_path):
+    url = "postgresql://u:pw1@127.0.0.1:1/db?password=secret2&sslmode=disable"
+    monkeypatch.setenv(STORAGE_ENV, url)
+    s = settings(store)
+    assert s.storage.kind == "rdb" and "pw1" in s.storage.target and "secret2" in s.storage.target  # it is used
+    shown = s.storage.display()  # what is logged (param tune.storage) and printed
+    assert "pw1" not in shown and "secret2" not in shown and "127.0.0.1:1/db" in shown and "sslmode=disable" in shown
+    with pytest.raises(DataError) as e:  # nothing listens on port 1: the driver's error, passwords hidden
+        run_tune(s, progress=False)
+    msg = str(e.value)
+    assert "pw1" not in msg and "secret2" not in msg and "\n" not in msg and "127.0.0.1" in msg, msg
+    # any other storage from the environment too; the parameter and the variable may not disagree
+    monkeypatch.setenv(STORAGE_ENV, f"journal:{tmp_path / 'shared' / 'j.log'}")
+    assert settings(store).storage.target == str(tmp_path / "shared" / "j.log")
+    assert settings(store, storage=f"journal:{tmp_path / 'shared' / 'j.log'}").storage.kind == "journal"
+    with pytest.raises(UsageError, match=f"given twice, as parameter storage and in {STORAGE_ENV}"):
+        settings(store, storage=f"journal:{tmp_path / 'other.log'}")
 
 
 def test_augment_strength_is_a_train_parameter(tmp_path):

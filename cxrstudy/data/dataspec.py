@@ -26,6 +26,10 @@ from cxrstudy.errors import DataError, UsageError
 from cxrstudy.hospitals import canonical_hospital
 
 
+#: what a logged data spec holds in place of a path on the machine that ran (see DataSpec.to_log_dict)
+PATH_NOT_LOGGED = "<not logged>"
+
+
 def default_cache_dir() -> str:
     return os.environ.get("CXRSTUDY_CACHE", str(Path.cwd() / ".cache" / "cxrstudy"))
 
@@ -62,14 +66,26 @@ class DataSpec:
             d["synthetic"] = self.synthetic.to_dict()
         return d
 
+    def to_log_dict(self) -> dict:
+        """:meth:`to_dict` as runs log it (parameters, artifacts): no path of this machine. Real
+        data's ``data_root`` and ``roots`` read ``PATH_NOT_LOGGED``; what the data was is the run's
+        data fingerprint tag, and whoever loads the model elsewhere says where the images are."""
+        d = self.to_dict()
+        if self.source == "real":
+            d["data_root"] = PATH_NOT_LOGGED if self.data_root else ""
+            d["roots"] = {env: PATH_NOT_LOGGED for env in d["roots"]}
+        return d
+
     @classmethod
     def from_dict(cls, d: dict, **overrides) -> "DataSpec":
-        """Inverse of :meth:`to_dict` (the cache dir and data roots may be overridden)."""
+        """Inverse of :meth:`to_dict` and :meth:`to_log_dict` (the cache dir and data roots may be
+        overridden; a path that was not logged is left out, so it must be given)."""
         kw = {"source": d["source"], "image_size": int(d["image_size"])}
-        if d.get("data_root"):
+        if d.get("data_root") and d["data_root"] != PATH_NOT_LOGGED:
             kw["data_root"] = d["data_root"]
-        if d.get("roots"):
-            kw["roots"] = tuple(sorted(d["roots"].items()))
+        roots = {env: p for env, p in (d.get("roots") or {}).items() if p != PATH_NOT_LOGGED}
+        if roots:
+            kw["roots"] = tuple(sorted(roots.items()))
         if "synthetic" in d:
             kw["synthetic"] = SyntheticConfig(**d["synthetic"])
         kw.update({k: v for k, v in overrides.items() if v is not None})

@@ -20,12 +20,13 @@ def to_uint8_by_range(arr: np.ndarray) -> np.ndarray:
     return np.clip((a - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
 
 
-def decode_image(path: str, size: int) -> np.ndarray:
-    """Read ``path`` and return a ``(size, size)`` uint8 array (aspect ratio not kept, as in the paper).
+def decode_image(path, size: int, formats: tuple | None = None) -> np.ndarray:
+    """Read ``path`` (or a binary file object) and return a ``(size, size)`` uint8 array (aspect
+    ratio not kept, as in the paper); ``formats`` limits the image formats PIL may try.
 
     Raises ``OSError``/``ValueError`` (from PIL) on missing, truncated or corrupt files.
     """
-    with Image.open(path) as im:
+    with Image.open(path, formats=formats) as im:
         if im.format == "JPEG":
             im.draft("L", (size, size))
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

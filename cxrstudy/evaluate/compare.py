@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from cxrstudy.data.dataspec import DataSpec
 from cxrstudy.errors import DataError, UsageError
 from cxrstudy.evaluate.bootstrap import mean_delta_bootstrap
 from cxrstudy.evaluate.metrics import evaluate_predictions
@@ -69,9 +70,12 @@ def compare_key(setting: Setting, seeds, single_hashes, pair_hashes, n_bootstrap
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def cached_predictions(model_uri: str, run_id: str, envs: list[str], cache_dir: str, device: str = "auto",
+def cached_predictions(model_uri: str, run_id: str, envs: list[str], data: DataSpec, device: str = "auto",
                        progress: bool = False) -> pd.DataFrame:
-    """Test-split predictions of a trained model on ``envs``, memoised on disk per (run, hospital)."""
+    """Test-split predictions of a trained model on ``envs``, memoised on disk per (run, hospital)
+    under ``data``'s cache; ``data`` (the spec the model was trained on) says where the images are
+    (its run logs no paths)."""
+    cache_dir = data.cache_dir
     frames = []
     trained = None
     for env in envs:
@@ -79,7 +83,8 @@ def cached_predictions(model_uri: str, run_id: str, envs: list[str], cache_dir: 
         if path.is_file():
             frames.append(pd.read_csv(path, dtype={"subject_id": str, "env": str}))
             continue
-        trained = trained or load_trained(model_uri)
+        trained = trained or load_trained(model_uri, data_root=data.data_root, roots=data.roots,
+                                          cache_dir=data.cache_dir)
         df = predict_test(trained.model, trained.spec, [env], trained.label, trained.threshold, device=device,
                           progress=progress)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -118,15 +123,14 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
     seed-aware CI (hypothesis 2), when the unbalanced two-hospital models exist for every seed.
     """
     envs = [setting.base, setting.added]
-    cache_dir = template.data.cache_dir
     pairs, per_seed, runs, constant, unconverged = [], [], {"single": [], "pair": []}, [], []
     for seed in seeds:
         s_res = train(single_config(template, setting.base, setting.label, seed))
         p_res = train(pair_config(template, setting, seed))
         runs["single"].append(s_res["run_id"])
         runs["pair"].append(p_res["run_id"])
-        df_s = cached_predictions(s_res["model_uri"], s_res["run_id"], envs, cache_dir, device)
-        df_p = cached_predictions(p_res["model_uri"], p_res["run_id"], envs, cache_dir, device)
+        df_s = cached_predictions(s_res["model_uri"], s_res["run_id"], envs, template.data, device)
+        df_p = cached_predictions(p_res["model_uri"], p_res["run_id"], envs, template.data, device)
         pairs.append((df_s, df_p))
         try:
             ms = evaluate_predictions(df_s, expected_envs=envs)
@@ -148,7 +152,7 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
         unbalanced = dataclasses.replace(setting, balance=BALANCE_NONE)
         found = [trained(pair_config(template, unbalanced, seed)) for seed in seeds]
         if all(found):
-            frames = [cached_predictions(r["model_uri"], r["run_id"], envs, cache_dir, device) for r in found]
+            frames = [cached_predictions(r["model_uri"], r["run_id"], envs, template.data, device) for r in found]
             b2 = mean_delta_bootstrap([(f, p) for f, (_, p) in zip(frames, pairs)], n_resamples=n_bootstrap, seed=0,
                                       expected_envs=envs)
             h2 = {"balanced_minus_pair": float(b2["estimate"]), "balanced_minus_pair_ci_low": float(b2["low"]),

@@ -109,7 +109,7 @@ def log_shortcut_attribution(setting: Setting, template: TrainConfig, reference:
         for t in (template, reference):
             for cfg in (single_config(t, setting.base, setting.label, seed), pair_config(t, setting, seed)):
                 res = run_training(cfg, device=device, progress=False)  # reused: the grid trained it
-                frames.append(cached_predictions(res["model_uri"], res["run_id"], envs, cfg.data.cache_dir, device))
+                frames.append(cached_predictions(res["model_uri"], res["run_id"], envs, cfg.data, device))
         quads.append(tuple(frames))
     boot = difference_in_delta_bootstrap(quads, n_resamples=n_bootstrap, seed=0, expected_envs=envs)
     out = {"attributable_delta": boot["estimate"], "attributable_ci_low": boot["low"],

@@ -51,10 +51,9 @@ def log_sweep(predictions, envs, trained, *, draws: int, seed: int) -> None:
 
 def run_evaluate(model_uri: str, envs: list[str] | None, *, n_boot: int = 1000, seed: int = 0,
                  sweep_mode: str = "auto", draws: int = 5, device: str = "auto", data_root: str | None = None,
-                 cache_dir: str | None = None) -> dict:
+                 cache_dir: str | None = None, roots: tuple = ()) -> dict:
     """Evaluate ``model_uri`` (``envs``: default, the hospitals it was trained on); return the metrics."""
-    trained = load_trained(model_uri, data_root=data_root,
-                           cache_dir=cache_dir)
+    trained = load_trained(model_uri, data_root=data_root, cache_dir=cache_dir, roots=roots)
     envs = envs or list(trained.envs)
     sweep_envs = sweep_hospitals(trained.envs, envs, sweep_mode)
     with tracking.run(run_name=f"evaluate-{trained.uri.split('/', 1)[-1]}-on-{'+'.join(envs)}",

@@ -26,7 +26,7 @@ def aa_result(aa: AAComparison, *, n_bootstrap: int = 1000, device: str = "auto"
             res = run_training(cfg, device=device, progress=False)  # reused: the grid trained it
             flags["n_constant_models"] += int(bool(res.get("constant", False)))
             flags["n_unconverged_models"] += int(not res.get("converged", True))
-            frames.append(cached_predictions(res["model_uri"], res["run_id"], envs, cfg.data.cache_dir, device))
+            frames.append(cached_predictions(res["model_uri"], res["run_id"], envs, cfg.data, device))
         pairs.append(tuple(frames))
     boot = mean_delta_bootstrap(pairs, n_resamples=n_bootstrap, seed=0, expected_envs=envs)
     return {"delta_wga": boot["estimate"], "delta_ci_low": boot["low"], "delta_ci_high": boot["high"],

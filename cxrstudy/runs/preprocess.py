@@ -23,7 +23,7 @@ def run_preprocess(spec: DataSpec, envs: list[str], *, workers: int | None = Non
     with tracking.run(run_name=f"preprocess-{spec.source}-{'-'.join(envs)}", nested=nested,
                       tags={keys.ENTRY_TAG: keys.ENTRY_PREPROCESS, "source": spec.source}):
         tracking.mark_synthetic(spec.is_synthetic)
-        tracking.log_params({"envs": ",".join(envs), "image_size": spec.image_size, "data_spec": spec.to_dict()},
+        tracking.log_params({"envs": ",".join(envs), "image_size": spec.image_size, "data_spec": spec.to_log_dict()},
                             prefix="cfg.")
         result = preprocess(spec, envs, workers=workers, progress=progress)
         for note in result.notes:

@@ -33,14 +33,14 @@ def probe_key(train_run_id: str, envs: list[str], seed: int, min_per_class: int)
 
 
 def run_probe(model_uri: str, envs: list[str], *, seed: int = 0, min_per_class: int = MIN_PER_CLASS,
-              device: str = "auto", data_root: str | None = None, cache_dir: str | None = None,
+              device: str = "auto", data_root: str | None = None, cache_dir: str | None = None, roots: tuple = (),
               parent_run_id: str | None = None, force: bool = False, progress: bool = True) -> dict:
     """Probe the registered model ``model_uri`` on the test images of ``envs``; returns run id, metrics."""
     from cxrstudy.tracking.registry import load_trained
 
     if len(envs) < 2:
         raise DataError(f"the hospital probe needs at least two hospitals; got {','.join(envs)}")
-    trained = load_trained(model_uri, data_root=data_root, cache_dir=cache_dir)
+    trained = load_trained(model_uri, data_root=data_root, cache_dir=cache_dir, roots=roots)
     key = probe_key(trained.run_id, envs, seed, min_per_class)
     if not force:
         done = tracking.find_finished(keys.PROBE_KEY_TAG, key)

@@ -180,7 +180,7 @@ def run_probes_for(cells: list[TrainConfig], envs: list[str], *, device: str = "
             continue
         # a training run id resolves to the model version it registered (registry.resolve_model_uri)
         out.append(run_probe(run.info.run_id, envs, device=device, data_root=cfg.data.data_root,
-                             cache_dir=cfg.data.cache_dir, parent_run_id=parent_run_id, progress=False))
+                             roots=cfg.data.roots, cache_dir=cfg.data.cache_dir, parent_run_id=parent_run_id, progress=False))
     return out
 
 

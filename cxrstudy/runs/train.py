@@ -305,7 +305,7 @@ def _train_holding_lock(cfg: TrainConfig, *, force: bool, device: str, progress:
         tracking.mark_synthetic(cfg.data.is_synthetic)
         tracking.log_params({**{k: v for k, v in cfg.to_dict().items() if k != "data"},
                              "source": cfg.data.source, "image_size": cfg.image_size,
-                             "data_spec": cfg.data.to_dict(), "config_hash": h, "device": str(dev)}, prefix="cfg.")
+                             "data_spec": cfg.data.to_log_dict(), "config_hash": h, "device": str(dev)}, prefix="cfg.")
         data = prepare_data(cfg, progress=progress)
         tracking.log_params({k.replace("/", "."): (round(v, 6) if isinstance(v, float) else v)
                              for k, v in data.counts.items()}, prefix="data.")
@@ -350,7 +350,7 @@ def _train_holding_lock(cfg: TrainConfig, *, force: bool, device: str, progress:
         mlflow.set_tags({keys.REGISTERED_MODEL_TAG: name, keys.REGISTERED_VERSION_TAG: str(version)})
         # the model is registered: no run of this configuration needs its resumable checkpoint any more
         delete_server_checkpoints(h, active.info.run_id)
-        tracking.log_json({"config": cfg.to_dict(), "config_hash": h, "threshold": out.threshold,
+        tracking.log_json({"config": cfg.to_log_dict(), "config_hash": h, "threshold": out.threshold,
                            "best_step": out.best_step, "history": out.history, "counts": data.counts},
                           "train_summary.json")
         run_id = active.info.run_id

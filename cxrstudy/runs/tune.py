@@ -383,7 +383,9 @@ class StudyWorker:
         except CxrStudyError:
             raise
         except Exception as e:  # an unreachable database, an unreadable journal file
-            raise DataError(f"cannot open the Optuna storage {s.storage.display()}: {e}") from None
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DataError(f"cannot open the Optuna storage {s.storage.display()}: {s.storage.scrub(first)}") \
+                from None
         spec = self._wait_for_attr(study, keys.TUNE_SPEC_ATTR, timeout=30)
         if spec is None:
             study.set_user_attr(keys.TUNE_SPEC_ATTR, s.spec())
@@ -561,7 +563,7 @@ class StudyWorker:
             return int(time.time() * 1000)
 
         cfg_params = {f"cfg.{k}": (json.dumps(v) if isinstance(v, (dict, list, tuple)) else str(v))[:6000]
-                      for k, v in cfg.to_dict().items()}
+                      for k, v in cfg.to_log_dict().items()}
         params = {**{k: str(v) for k, v in values.items()}, "optuna.trial_number": str(trial.number),
                   **cfg_params, "cfg.config_hash": cfg.content_hash(), "cfg.device": str(self.device)}
         client.log_batch(rid, params=[Param(k, v) for k, v in params.items()])
@@ -626,7 +628,7 @@ def run_tune(settings: TuneSettings, *, pruner=None, progress: bool = True) -> d
                              "storage": s.storage.display(), "space": s.space.to_dict(), "pruner": s.pruner,
                              "max_retry": s.max_retry, "heartbeat_interval": s.heartbeat_interval,
                              "grace_period": s.grace_period}, prefix="tune.")
-        tracking.log_params({k: v for k, v in s.base.to_dict().items() if k not in SEARCHED}, prefix="cfg.")
+        tracking.log_params({k: v for k, v in s.base.to_log_dict().items() if k not in SEARCHED}, prefix="cfg.")
         c = worker.counts(study)
         _say(f"study {s.study_name} in {s.storage.display()}: target {s.n_trials} finished trials, "
              f"{c[TrialState.COMPLETE] + c[TrialState.PRUNED]} already finished, objective {s.objective} (maximised)")

@@ -36,7 +36,7 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 
-from cxrstudy.data.dataspec import DataSpec
+from cxrstudy.data.dataspec import PATH_NOT_LOGGED, DataSpec
 from cxrstudy.errors import DataError
 from cxrstudy.tracking import keys
 from cxrstudy.tracking.pyfunc_model import (CONFIG_FILE, CONFIG_KEY, WEIGHTS_FILE, WEIGHTS_KEY, load_classifier,
@@ -74,8 +74,9 @@ def _installed(pkg: str) -> bool:
 
 def signature() -> ModelSignature:
     """Outputs ``probability`` (double) and ``prediction`` (long). There is no input schema on
-    purpose: the input is either a uint8 ``(N, H, W)`` array of any size or a list of image paths,
-    and MLflow's schema check would turn away the paths; the input example shows the array."""
+    purpose: the input is base64-encoded PNG/JPEG strings or pixel arrays of any size and shape
+    (see ``pyfunc_model``), which one MLflow schema cannot describe; the input example shows the
+    array form."""
     return ModelSignature(inputs=None, outputs=Schema([ColSpec("double", "probability"),
                                                        ColSpec("long", "prediction")]))
 
@@ -104,8 +105,9 @@ def version_description(tags: dict) -> str:
         f"{'SYNTHETIC hospitals (not for patients) ' if synthetic else ''}{tags['hospitals'].replace(',', '+')} "
         f"with balance={tags['balance']}, method={tags[keys.METHOD_TAG]}, seed {tags['seed']}. "
         f"Best validation checkpoint (step {tags['best_step']}): {val}; decision threshold "
-        f"{float(tags['threshold']):.2f}, chosen on validation. Input: grayscale images as a uint8 array "
-        f"(N, H, W) of any size, or a list of image file paths; the model resizes them to "
+        f"{float(tags['threshold']):.2f}, chosen on validation. Input: chest X-rays as base64-encoded "
+        f"PNG/JPEG strings, or pixels on the uint8 scale as (N, H, W) or one (H, W) or (H, W, 3) image of any "
+        f"size (colour is converted to grayscale); the model reads no files, resizes to "
         f"{tags['image_size']} px and scales by 1/255. Output: a table with probability and prediction "
         f"(probability >= threshold). Artifacts are a state dict and a JSON config, no pickle: "
         f"cxrstudy.tracking.registry.load_model loads them with torch.load(weights_only=True). "
@@ -145,6 +147,7 @@ def log_and_register(model: torch.nn.Module, name: str, *, image_size: int, thre
             name="model", python_model=str(MODEL_CODE), artifacts={WEIGHTS_KEY: str(weights), CONFIG_KEY: str(cfg_path)},
             signature=signature(), input_example=example, pip_requirements=pip_requirements(),
             metadata={**(metadata or {}), **config})
+        drop_local_paths(info.model_id, tmp)
     mv = mlflow.register_model(info.model_uri, name, tags=tags)
     version = int(mv.version)
     client = MlflowClient()
@@ -156,6 +159,32 @@ def log_and_register(model: torch.nn.Module, name: str, *, image_size: int, thre
     aliases = sorted(client.get_model_version(name, str(version)).aliases, key=lambda a: (a != BEST_ALIAS, a))
     return RegisteredVersion(name=name, version=version, model_uri=info.model_uri, aliases=aliases,
                              latest=int(latest.version))
+
+
+def drop_local_paths(model_id: str, local_dir: str) -> None:
+    """Rewrite the logged model's ``MLmodel`` so that it names no path of this machine: MLflow
+    records where each artifact was copied from (``uri: <local_dir>/weights.pt``, a temporary
+    directory) and where the model code file was (``model_code_path: <package>/model_code.py``).
+    Each becomes the file's path inside the model: loading reads the artifacts' ``path`` and the
+    code file by the base name of ``model_code_path``, from the model's own folder."""
+    client = MlflowClient()
+    location = client.get_logged_model(model_id).artifact_location
+    with tempfile.TemporaryDirectory(prefix="cxrstudy-mlmodel-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{location.rstrip('/')}/MLmodel", dst_path=tmp))
+        meta = yaml.safe_load(local.read_text())
+        pyfunc = meta["flavors"]["python_function"]
+        changed = False
+        for entry in (pyfunc.get("artifacts") or {}).values():
+            if str(entry.get("uri", "")).startswith(str(local_dir)):
+                entry["uri"] = entry["path"]
+                changed = True
+        code = pyfunc.get("model_code_path")
+        if code and Path(code).is_absolute():
+            pyfunc["model_code_path"] = Path(code).name
+            changed = True
+        if changed:
+            local.write_text(yaml.safe_dump(meta, default_flow_style=False, sort_keys=False))
+            client.log_model_artifact(model_id, str(local))
 
 
 def update_best_alias(name: str) -> int | None:
@@ -332,18 +361,32 @@ class TrainedModel:
     spec: DataSpec
 
 
-def load_trained(model_uri: str, *, data_root: str | None = None, cache_dir: str | None = None) -> TrainedModel:
-    """Load a model from the registry (or a run) with its label, threshold and data spec."""
+def load_trained(model_uri: str, *, data_root: str | None = None, cache_dir: str | None = None,
+                 roots: tuple = ()) -> TrainedModel:
+    """Load a model from the registry (or a run) with its label, threshold and data spec.
+
+    A run logs its data spec without paths (``DataSpec.to_log_dict``): for a model trained on
+    real data, ``data_root`` (and ``roots``, ((hospital, path), ...), where the run had them) say
+    where its images are on this machine."""
     model, uri, run_id = load_model(model_uri)
     if run_id is None:
         raise DataError(f"model {uri}: cannot find the training run that produced it")
     data = MlflowClient().get_run(run_id).data
     params, metrics = data.params, data.metrics
     try:
-        spec = DataSpec.from_dict(json.loads(params["cfg.data_spec"]), data_root=data_root, cache_dir=cache_dir)
+        logged = json.loads(params["cfg.data_spec"])
         label, envs = params["cfg.label"], json.loads(params["cfg.envs"])
         threshold = float(metrics["threshold"])
     except KeyError as e:
         raise DataError(f"model {uri}: its run {run_id} lacks {e}; was it trained by cxrstudy's train entry point?") \
             from None
+    given = dict(roots or ())
+    missing = (["data_root"] if logged.get("data_root") == PATH_NOT_LOGGED and not data_root else []) + \
+        [f"roots {env}=<path>" for env, p in (logged.get("roots") or {}).items()
+         if p == PATH_NOT_LOGGED and env not in given]
+    if missing:
+        raise DataError(f"model {uri} was trained on real data and its run logs no paths: give "
+                        f"{' and '.join(missing)} (where its images are on this machine)")
+    spec = DataSpec.from_dict({**logged, "roots": {**(logged.get("roots") or {}), **given}}, data_root=data_root,
+                              cache_dir=cache_dir)
     return TrainedModel(uri=uri, model=model, run_id=run_id, label=label, envs=envs, threshold=threshold, spec=spec)

@@ -101,6 +101,10 @@ class TrainConfig:
         d["data"] = self.data.to_dict()
         return d
 
+    def to_log_dict(self) -> dict:
+        """:meth:`to_dict` as runs log it: the data without paths (``DataSpec.to_log_dict``)."""
+        return {**self.to_dict(), "data": self.data.to_log_dict()}
+
     def identity(self) -> dict:
         """Everything that determines the trained model, as hashed by :meth:`content_hash`.
 

@@ -1,14 +1,19 @@
 """Where an Optuna study lives, so that many ``tune`` processes, on one machine or many, share it.
 
-``storage=`` takes
+``storage=`` (or, for a database URL that carries a password, the environment variable
+``CXRSTUDY_TUNE_STORAGE``) takes
 
 - ``journal:<path>``: an Optuna journal file (the default is ``optuna_journal.log`` next to the
   MLflow store). Good for processes on one machine, or on machines sharing a file system
   that supports the lock (``journal-openlock:<path>`` uses an ``open(O_EXCL)`` lock instead of
   a symlink, for file systems such as NFS where symlinks are unreliable);
 - an RDB URL, ``sqlite:///<path>`` or ``postgresql://user@host/db`` (``mysql://`` too): the way
-  to share a study between machines. A URL with a password in it is refused (it would be logged
-  and printed): PostgreSQL reads the password from ``PGPASSWORD`` or ``~/.pgpass``.
+  to share a study between machines. The ``storage`` *parameter* never carries a password, in
+  the user part (``user:secret@``) or the query (``?password=secret``): ``mlflow run`` logs and
+  prints every ``-P`` value, so such a value is refused in one line that does not repeat it.
+  The password goes in ``PGPASSWORD`` or ``~/.pgpass`` (libpq reads both), or the whole URL goes
+  in ``CXRSTUDY_TUNE_STORAGE``, which nothing logs; what is logged and printed is
+  :meth:`StorageSpec.display`, with every password hidden.
 
 Every storage records a **heartbeat** of each running trial. A trial whose process died (killed,
 preempted, out of memory) stops beating; after ``grace_period`` seconds any ``tune`` process
@@ -21,6 +26,7 @@ writer's wall-clock time, so the machines sharing a journal need synchronised cl
 from __future__ import annotations
 
 import inspect
+import os
 import re
 import time
 from collections.abc import Callable
@@ -39,6 +45,8 @@ from cxrstudy.tracking import keys
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 JOURNAL_PREFIXES = ("journal:", "journal-openlock:")
 DEFAULT_JOURNAL_NAME = "optuna_journal.log"
+#: the environment variable that may hold the storage instead of the ``storage`` parameter
+STORAGE_ENV = "CXRSTUDY_TUNE_STORAGE"
 
 
 @dataclass(frozen=True)
@@ -51,9 +59,11 @@ class StorageSpec:
         """The storage as users write it, with any password hidden (safe to log)."""
         if self.kind == "journal":
             return f"{'journal-openlock' if self.open_lock else 'journal'}:{self.target}"
-        from sqlalchemy.engine import make_url
+        return redact(self.target)
 
-        return make_url(self.target).render_as_string(hide_password=True)
+    def scrub(self, text: str) -> str:
+        """``text`` (an error from a database driver, say) with this storage's passwords hidden."""
+        return scrub_secrets(str(text), self.target)
 
 
 def default_journal_path(tracking_uri: str) -> Path:
@@ -64,50 +74,127 @@ def default_journal_path(tracking_uri: str) -> Path:
 
 
 _PASSWORD_IN_URL = re.compile(r"^([A-Za-z0-9+.-]+://[^/:@]*):([^@/]*)@")
+#: query keys that carry a secret (libpq's ``password``, MySQL's ``passwd``, tokens)
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)
+_HIDDEN = "***"
+
+
+def _url(value: str):
+    """SQLAlchemy's reading of ``value`` as a database URL, or None if it is not one."""
+    if "://" not in value:
+        return None
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(value)
+    except (ArgumentError, ValueError, TypeError):
+        return None
+
+
+def _secrets(value: str) -> list[str]:
+    """The secrets in a storage value: the user part's password and secret query values."""
+    from urllib.parse import unquote
+
+    found = []
+    m = _PASSWORD_IN_URL.match(value)
+    if m and m.group(2):
+        found += [m.group(2), unquote(m.group(2))]
+    url = _url(value)
+    if url is not None:
+        if url.password:
+            found.append(str(url.password))
+        for k, v in url.query.items():
+            if _SECRET_KEY.search(k):
+                found += [v] if isinstance(v, str) else list(v)
+    return sorted({f for f in found if f}, key=len, reverse=True)
+
+
+def has_password(value: str) -> bool:
+    """Whether a storage value carries a password (``user:secret@`` or ``?password=secret``)."""
+    v = str(value or "")
+    if _secrets(v):
+        return True
+    query = v.partition("?")[2]  # a URL SQLAlchemy cannot read: any secret-looking key counts
+    return "://" in v and any(_SECRET_KEY.search(part.partition("=")[0]) for part in query.split("&"))
+
+
+def scrub_secrets(text: str, value: str) -> str:
+    """``text`` with every secret of the storage value ``value`` replaced by ``***``."""
+    out = str(text)
+    for secret in _secrets(str(value)):
+        out = out.replace(secret, _HIDDEN)
+    return out
+
+
+def without_password(value: str) -> str | None:
+    """The URL with its password and secret query keys removed (None if it is not a URL)."""
+    url = _url(str(value))
+    if url is None:
+        return None
+    from sqlalchemy.engine import URL
+
+    bare = URL.create(url.drivername, username=url.username, password=None, host=url.host, port=url.port,
+                      database=url.database, query={k: v for k, v in url.query.items() if not _SECRET_KEY.search(k)})
+    return scrub_secrets(bare.render_as_string(hide_password=False), value)
 
 
 def redact(value: str) -> str:
-    """``scheme://user:secret@host/db`` -> ``scheme://user:***@host/db`` (safe to print)."""
-    return _PASSWORD_IN_URL.sub(r"\1:***@", str(value))
+    """``scheme://user:secret@host/db?password=secret`` -> ``scheme://user:***@host/db?password=***``
+    (safe to print and log)."""
+    v = str(value)
+    url = _url(v)
+    if url is not None and (url.password or any(_SECRET_KEY.search(k) for k in url.query)):
+        url = url.set(query={k: (_HIDDEN if _SECRET_KEY.search(k) else q) for k, q in url.query.items()})
+        v = url.render_as_string(hide_password=True).replace("%2A%2A%2A", _HIDDEN)
+    return scrub_secrets(_PASSWORD_IN_URL.sub(r"\1:***@", v), value)
 
 
-def parse_storage(value: str, tracking_uri: str) -> StorageSpec:
-    """Validate ``storage=`` (empty: the default journal file next to the MLflow store).
+def parse_storage(value: str, tracking_uri: str, environ=None) -> StorageSpec:
+    """Validate the storage: the ``storage`` parameter ``value``, else the environment variable
+    ``CXRSTUDY_TUNE_STORAGE`` (of ``environ``, default ``os.environ``), else the default journal
+    file next to the MLflow store.
 
-    A database URL with an embedded password is refused: it would be logged as a run parameter
-    and printed. The password belongs in ``PGPASSWORD`` or ``~/.pgpass`` (libpq reads both)."""
+    The parameter may not hold a password: ``mlflow run`` logs and prints every parameter. It is
+    refused with a line that does not repeat it. The environment variable may (nothing logs it);
+    every message and log shows the storage with its passwords hidden."""
     v = str(value or "").strip()
-    if _PASSWORD_IN_URL.match(v):
-        bare = _PASSWORD_IN_URL.sub(r"\1@", v)
-        raise UsageError(
-            f"parameter storage={redact(v)} holds a password, which would be logged and printed; "
-            f"use storage={bare} and put the password in PGPASSWORD or ~/.pgpass")
+    env = str((os.environ if environ is None else environ).get(STORAGE_ENV, "") or "").strip()
+    if v and has_password(v):
+        bare = without_password(v)
+        instead = (f"use storage={bare} with the password in PGPASSWORD or ~/.pgpass, or leave storage empty "
+                   f"and put the whole URL in the environment variable {STORAGE_ENV}") if bare else \
+            (f"leave storage empty and put the whole URL in the environment variable {STORAGE_ENV}, "
+             "or the password in PGPASSWORD or ~/.pgpass")
+        raise UsageError(f"parameter storage holds a password, which MLflow logs and prints as a run parameter; "
+                         f"{instead}")
+    if v and env and v != env:
+        raise UsageError(f"the storage is given twice, as parameter storage and in {STORAGE_ENV}; give one of them")
+    what = "parameter storage" if v else f"{STORAGE_ENV}"
+    v = v or env
     if not v:
         return StorageSpec("journal", str(default_journal_path(tracking_uri)))
+    shown = redact(v)
     for prefix in JOURNAL_PREFIXES:
         if v.startswith(prefix):
             path = v[len(prefix):].strip()
             if not path:
-                raise UsageError(f"parameter storage={value!r} names no file; expected {prefix}<path>")
+                raise UsageError(f"{what}={shown!r} names no file; expected {prefix}<path>")
             p = Path(path).expanduser().resolve()
             if p.is_dir():
-                raise UsageError(f"parameter storage={value!r} is a directory; expected a journal file path")
+                raise UsageError(f"{what}={shown!r} is a directory; expected a journal file path")
             return StorageSpec("journal", str(p), open_lock=prefix == "journal-openlock:")
     scheme = v.split("://", 1)[0].split("+", 1)[0].lower() if "://" in v else ""
     if scheme in RDB_SCHEMES:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            make_url(v)
-        except (ArgumentError, ValueError) as e:
-            raise UsageError(f"parameter storage={value!r} is not a valid database URL ({e})") from None
+        if _url(v) is None:
+            raise UsageError(f"{what}={shown!r} is not a valid database URL")
         if scheme == "sqlite" and not v.startswith("sqlite:///"):
-            raise UsageError(f"parameter storage={value!r}: a SQLite URL is sqlite:///<path>")
+            raise UsageError(f"{what}={shown!r}: a SQLite URL is sqlite:///<path>")
         return StorageSpec("rdb", with_installed_driver(v))
     raise UsageError(
-        f"parameter storage={value!r} is not understood; expected journal:<path> (a journal file), "
-        "sqlite:///<path> or postgresql://user@host/db (password in PGPASSWORD or ~/.pgpass)")
+        f"{what}={shown!r} is not understood; expected journal:<path> (a journal file), "
+        f"sqlite:///<path> or postgresql://user@host/db (password in PGPASSWORD, ~/.pgpass or the "
+        f"whole URL in {STORAGE_ENV})")
 
 
 def with_installed_driver(url: str) -> str:
@@ -182,4 +269,5 @@ def open_storage(spec: StorageSpec, *, heartbeat_interval: int, grace_period: in
         return RDBStorage(spec.target, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
                           **{cb_name: on_stale})
     except ImportError as e:
-        raise UsageError(f"storage={spec.display()} needs a database driver that is not installed ({e})") from None
+        raise UsageError(f"storage={spec.display()} needs a database driver that is not installed "
+                         f"({spec.scrub(e)})") from None
