@@ -8,6 +8,8 @@ the model exactly as :func:`cxrstudy.tracking.registry.load_model` returns it fr
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import pandas as pd
 import torch
@@ -33,7 +35,8 @@ def extract_embeddings(model: torch.nn.Module, entries: dict, label: str, device
     out: np.ndarray | None = None
     bar = tqdm(total=n, desc="embeddings", unit="img", disable=not progress, dynamic_ncols=True)
     for k, x in eval_batches(es, device, batch_size):
-        with autocast(device):
+        # on the CPU in fp32, exactly the registered model's embeddings (bf16 is the training's choice)
+        with autocast(device) if device.type == "cuda" else nullcontext():
             z = model.embed(x).float().cpu().numpy()
         if out is None:
             out = np.empty((n, z.shape[1]), dtype=np.float32)
