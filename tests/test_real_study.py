@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from analysis.report import SYNTHETIC_WARNING
 from cxrstudy.data.dataspec import DataSpec
 from cxrstudy.tracking import keys
+from cxrstudy.train.config import DATA_NAME_DIGITS
 from cxrstudy.tracking.runs import SYNTHETIC_BANNER
 from realdata_fixtures import make_trainable_data_root
 
@@ -139,10 +140,13 @@ def test_the_report_and_headline_say_the_data_are_real(study, tmp_path):
 def test_registered_models_and_versions_say_real(study):
     client = MlflowClient()
     names = sorted(m.name for m in client.search_registered_models())
-    assert names == ["cxrstudy-real-cxp-any-none", "cxrstudy-real-cxp-pad-any-none", "cxrstudy-real-pad-any-none"]
+    # one name per (hospitals, label, balance) and dataset: the name ends in the data fingerprint's start
+    assert [n.rsplit("-d", 1)[0] for n in names] == ["cxrstudy-real-cxp-any-none", "cxrstudy-real-cxp-pad-any-none",
+                                                     "cxrstudy-real-pad-any-none"]
     train = _entry(study, "train").set_index("run_id")
     for name in names:
         (version,) = client.search_model_versions(f"name = '{name}'")
+        assert name.endswith("-d" + version.tags[keys.DATA_FINGERPRINT_TAG][:DATA_NAME_DIGITS])
         assert version.tags[keys.SYNTHETIC_TAG] == "false"
         assert "SYNTHETIC" not in version.description
         run = train.loc[version.run_id]

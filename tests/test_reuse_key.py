@@ -49,7 +49,9 @@ def test_a_changed_synthetic_source_retrains_instead_of_reusing(store, tmp_path,
     assert cfg.data_fingerprint() != old_fp and cfg.content_hash() != old_hash
     again = run_training(cfg, progress=False)
     assert not again["reused"] and again["run_id"] != first["run_id"]
-    assert again["registered_version"] == first["registered_version"] + 1
+    # other data, so another registered name (one name holds one dataset's models): its first version
+    assert again["registered_model"] == cfg.model_name() != first["registered_model"]
+    assert again["registered_version"] == 1
 
 
 def _as_legacy(run_id: str, cfg) -> None:
