@@ -4,7 +4,6 @@ when an identical one has FINISHED. What an A/A comparison is: :mod:`cxrstudy.ev
 from __future__ import annotations
 
 import mlflow
-import numpy as np
 from tqdm.auto import tqdm
 
 from cxrstudy.evaluate.bootstrap import mean_delta_bootstrap
@@ -64,10 +63,3 @@ def run_noise_floor(comparisons: list[AAComparison], *, n_bootstrap: int = 1000,
             out.append({"run_id": active.info.run_id, "reused": False, "name": aa.name,
                         **{k: v for k, v in res.items() if k != "per_seed"}})
     return out
-
-
-def noise_floor_summary(results: list[dict]) -> dict:
-    """How many A/A comparisons the study's rule calls significant."""
-    sig = [int(r["significant"]) for r in results]
-    return {"n_comparisons": len(sig), "n_significant": int(np.count_nonzero(sig)),
-            "fraction_significant": float(np.count_nonzero(sig) / len(sig)) if sig else float("nan")}
