@@ -311,3 +311,15 @@ def log_results(result: dict) -> None:
         mlflow.log_metrics(result["metrics"])
     for path in result["files"].values():
         mlflow.log_artifact(str(path))
+
+
+def training_seconds(experiment_ids, seeds=None) -> float:
+    """Wall seconds of every FINISHED training run in the experiments (only seeds ``seeds`` when
+    given): what the studied grid cost to train, for ``advise``'s cost ratio."""
+    ids = resolve_experiment_ids(experiment_ids)
+    flt = f"tags.`{keys.ENTRY_TAG}` = '{keys.ENTRY_TRAIN}' and attributes.status = 'FINISHED'"
+    with gc_paused():
+        runs = mlflow.search_runs(experiment_ids=ids, filter_string=flt, output_format="list")
+    wanted = None if seeds is None else {str(s) for s in seeds}
+    return float(sum(((r.info.end_time or 0) - (r.info.start_time or 0)) / 1000 for r in runs
+                     if wanted is None or r.data.tags.get("seed") in wanted))

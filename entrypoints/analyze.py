@@ -28,26 +28,6 @@ PARAMS = {
 }
 
 
-def resolve_experiment(value: str):
-    """An experiment name or id -> the experiment (UsageError when there is none)."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from cxrstudy.errors import UsageError
-
-    value = str(value).strip()
-    exp = mlflow.get_experiment_by_name(value)
-    if exp is None and value.isdigit():
-        try:
-            exp = mlflow.get_experiment(value)
-        except MlflowException:
-            exp = None
-    if exp is None:
-        names = [e.name for e in mlflow.search_experiments(max_results=20)]
-        raise UsageError(f"no experiment named or numbered {value!r}; existing: {', '.join(names) or 'none'}")
-    return exp
-
-
 def main(argv=None) -> None:
     raw = cli.parse(PARAMS, argv, prog="analyze", doc=__doc__)
 
@@ -70,7 +50,7 @@ def main(argv=None) -> None:
         source = "" if source in ("", "all") else parse_source_kind(source)
         tracking.check_tracking_server(tracking.tracking_uri())
         if raw["experiment"].strip():
-            exp = resolve_experiment(raw["experiment"])
+            exp = tracking.resolve_experiment(raw["experiment"])
             eid = exp.experiment_id
             under_mlflow_run = os.environ.get("MLFLOW_RUN_ID") or os.environ.get("MLFLOW_EXPERIMENT_ID")
             tracking.setup(None if under_mlflow_run else exp.name)  # the analyze run goes next to its runs

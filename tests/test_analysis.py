@@ -43,7 +43,7 @@ _CLOCK = [1_700_000_000_000]
 
 
 def log_compare(eid, base, added, label, delta, lo, hi, *, balance="none", single=0.6, source="synthetic",
-                status="FINISHED", start=None, seeds=(0, 1, 2)) -> str:
+                status="FINISHED", start=None, seeds=(0, 1, 2), strength=None) -> str:
     """A comparison run with the tags and metrics of cxrstudy.runs.study.run_compare."""
     client = MlflowClient()
     if start is None:
@@ -52,7 +52,8 @@ def log_compare(eid, base, added, label, delta, lo, hi, *, balance="none", singl
     tags = {"cxrstudy.entry": "compare", "base": base, "added": added, "label": label, "balance": balance,
             "source": source, "seeds": ",".join(map(str, seeds)),
             "cxrstudy.synthetic": str(source == "synthetic").lower(),
-            "cxrstudy.compare_key": f"{base}{added}{label}{balance}{source}"}
+            "cxrstudy.compare_key": f"{base}{added}{label}{balance}{source}{strength}",
+            **({"shortcut_strength": f"{strength:g}"} if strength is not None else {})}
     run = client.create_run(eid, start_time=start, tags=tags)
     m = {"wga_single": single, "wga_pair": single + delta, "delta_wga": delta, "delta_ci_low": lo,
          "delta_ci_high": hi, "hurt": float(delta < 0), "n_seeds": float(len(seeds))}

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ENTRY_POINTS = ("main", "preprocess", "train", "evaluate", "compare", "analyze", "probe", "tune", "benchmark")
+ENTRY_POINTS = ("main", "preprocess", "train", "evaluate", "compare", "analyze", "probe", "tune", "benchmark", "advise")
 
 
 def entry_params(name: str) -> dict[str, str]:

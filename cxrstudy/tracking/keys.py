@@ -55,6 +55,7 @@ ENTRY_ANALYZE = "analyze"
 ENTRY_TUNE = "tune"
 ENTRY_TUNE_TRIAL = "tune_trial"
 ENTRY_BENCHMARK = "benchmark"
+ENTRY_ADVISE = "advise"
 
 # --- the two arms of a comparison ------------------------------------------------------------
 ARM_SINGLE = "single"  # the base hospital alone

@@ -90,6 +90,25 @@ def get_or_create_experiment(name: str) -> str:
     return exp.experiment_id
 
 
+def resolve_experiment(value: str):
+    """An experiment name or id -> the experiment (UsageError when there is none)."""
+    from mlflow.exceptions import MlflowException
+
+    from cxrstudy.errors import UsageError
+
+    value = str(value).strip()
+    exp = mlflow.get_experiment_by_name(value)
+    if exp is None and value.isdigit():
+        try:
+            exp = mlflow.get_experiment(value)
+        except MlflowException:
+            exp = None
+    if exp is None:
+        names = [e.name for e in mlflow.search_experiments(max_results=20)]
+        raise UsageError(f"no experiment named or numbered {value!r}; existing: {', '.join(names) or 'none'}")
+    return exp
+
+
 def current_experiment_id() -> str:
     """The experiment runs go to: the active run's, ``mlflow run``'s, or the one ``setup`` chose."""
     active = mlflow.active_run()

@@ -1,0 +1,166 @@
+"""The cheap signals `advise` predicts a setting's harm from, before any model is trained
+(docs/PROTOCOL.md "Advise: predicting the harm before training").
+
+A setting is (base hospital, added hospital, label, balance mode). Two kinds of signal:
+
+- From the label tables alone (milliseconds): the two hospitals' train prevalences and sizes as the
+  training would see them (after the configured balancing), and how strongly hospital and label are
+  associated in the pooled training distribution. Training batches take an equal share from each
+  hospital (docs/PROTOCOL.md "Training"), so the pooled distribution gives each hospital weight 1/2
+  whatever their sizes: ``phi`` (signed: positive when the added hospital has the higher prevalence),
+  the mutual information between hospital and label (bits), and the smallest (hospital, label)
+  group's share of a batch.
+- From the images (seconds): how well the two hospitals can be told apart from their train images
+  at a fixed label value (a domain classifier, as in Shen, Raji and Chen, "The Data Addition
+  Dilemma", MLHC 2024): the cross-validated AUROC of a logistic regression on 8x8 thumbnails plus
+  intensity statistics, averaged over the label's two values. 0.5: the hospital cannot be read from
+  the image; 1: perfectly.
+
+Everything here is NumPy/scikit-learn on label arrays and image arrays; no MLflow, no model.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from cxrstudy.train.balancing import BALANCE_HOSPITAL_LABEL, prevalence, undersample_negatives_to
+
+#: the table signals, in the order advice.csv lists them
+TABLE_SIGNALS = ("base_prevalence", "added_prevalence", "prevalence_gap", "base_n", "added_n", "log_size_ratio",
+                 "phi", "mutual_information", "min_group_share")
+#: the image signal (absent when advise runs from the label tables alone)
+DOMAIN_SIGNAL = "domain_auc"
+#: images per (hospital, label value) the domain classifier reads at most
+DOMAIN_SAMPLE = 300
+#: cross-validation folds of the domain classifier
+DOMAIN_FOLDS = 5
+#: a label value needs this many images in each hospital for its domain classifier to be fitted
+DOMAIN_MIN_PER_CLASS = 20
+
+
+def balanced_labels(base_y: np.ndarray, added_y: np.ndarray, balance: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two hospitals' train labels as the training keeps them under ``balance``: hospital-label
+    balancing undersamples negatives to the higher prevalence (as ``train.balancing`` does); any
+    other mode keeps every example (size matching keeps each hospital's prevalence)."""
+    if balance != BALANCE_HOSPITAL_LABEL:
+        return base_y, added_y
+    target = max(prevalence(base_y), prevalence(added_y))
+    return tuple(y[undersample_negatives_to(y, target, seed, what=what)]
+                 for y, what in ((base_y, "base hospital"), (added_y, "added hospital")))
+
+
+def table_signals(base_y: np.ndarray, added_y: np.ndarray, *, balance: str = "none", seed: int = 0) -> dict:
+    """The table signals of adding the hospital with train labels ``added_y`` to the one with ``base_y``."""
+    base_y, added_y = balanced_labels(np.asarray(base_y).astype(np.int64), np.asarray(added_y).astype(np.int64),
+                                      balance, seed)
+    pb, pa = prevalence(base_y), prevalence(added_y)
+    q = (pb + pa) / 2  # the pooled prevalence under equal hospital shares
+    phi = 0.0 if q <= 0 or q >= 1 else (pa - pb) / (2 * math.sqrt(q * (1 - q)))
+    joint = np.array([[0.5 * (1 - pb), 0.5 * pb], [0.5 * (1 - pa), 0.5 * pa]])
+    return {"base_prevalence": pb, "added_prevalence": pa, "prevalence_gap": pa - pb,
+            "base_n": float(len(base_y)), "added_n": float(len(added_y)),
+            "log_size_ratio": math.log(max(len(added_y), 1) / max(len(base_y), 1)),
+            "phi": phi, "mutual_information": _mutual_information(joint), "min_group_share": float(joint.min())}
+
+
+def _mutual_information(joint: np.ndarray) -> float:
+    """I(hospital; label) in bits for a 2x2 joint distribution."""
+    rows, cols = joint.sum(1, keepdims=True), joint.sum(0, keepdims=True)
+    nz = joint > 0
+    return float((joint[nz] * np.log2(joint[nz] / (rows @ cols)[nz])).sum())
+
+
+def image_features(images: np.ndarray) -> np.ndarray:
+    """Cheap features of ``(n, H, W)`` uint8 images: an 8x8 thumbnail (area means) and the intensity
+    mean, standard deviation and 5/25/50/75/95th percentiles; float32, one row per image."""
+    x = np.asarray(images, dtype=np.float32) / 255.0
+    n, h, w = x.shape
+    bh, bw = max(h // 8, 1), max(w // 8, 1)
+    thumb = x[:, :bh * 8, :bw * 8].reshape(n, 8, bh, 8, bw).mean(axis=(2, 4)).reshape(n, 64)
+    flat = x.reshape(n, -1)
+    stats = np.concatenate([flat.mean(1, keepdims=True), flat.std(1, keepdims=True),
+                            np.percentile(flat, [5, 25, 50, 75, 95], axis=1).T], axis=1)
+    return np.concatenate([thumb, stats], axis=1).astype(np.float32)
+
+
+def domain_auc(base: tuple[np.ndarray, np.ndarray], added: tuple[np.ndarray, np.ndarray], *, seed: int = 0,
+               per_class: int = DOMAIN_SAMPLE) -> float:
+    """How well the two hospitals can be told apart from their images: the mean, over the label's two
+    values, of a logistic regression's cross-validated AUROC (``DOMAIN_FOLDS`` folds) on
+    :func:`image_features` of a balanced sample (at most ``per_class`` images per hospital).
+    ``base`` and ``added`` are ``(images, labels)``. NaN when no label value has
+    ``DOMAIN_MIN_PER_CLASS`` images in both hospitals."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for value in (0, 1):
+        idx = [np.flatnonzero(np.asarray(y) == value) for _, y in (base, added)]
+        n = min(per_class, *(len(i) for i in idx))
+        if n < DOMAIN_MIN_PER_CLASS:
+            continue
+        picks = [np.sort(rng.choice(i, size=n, replace=False)) for i in idx]
+        X = np.concatenate([image_features(np.asarray(imgs)[p]) for (imgs, _), p in zip((base, added), picks)])
+        h = np.repeat([0, 1], n)
+        scores = np.zeros(len(h))
+        for tr, te in StratifiedKFold(DOMAIN_FOLDS, shuffle=True, random_state=seed).split(X, h):
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=500))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # convergence warnings on separable thumbnails
+                clf.fit(X[tr], h[tr])
+            scores[te] = clf.predict_proba(X[te])[:, 1]
+        aucs.append(roc_auc_score(h, scores))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+#: the columns of a settings' signal table, after the setting's own
+SIGNAL_COLUMNS = TABLE_SIGNALS + (DOMAIN_SIGNAL, "table_seconds", "image_seconds")
+
+
+def setting_signals(spec, settings, *, images: bool = True, seed: int = 0, progress: bool = True):
+    """The signals of each setting ``(base, added, label, balance)`` of the hospitals in ``spec``
+    (a ``DataSpec``): one row per setting with :data:`SIGNAL_COLUMNS`. Table signals read the train
+    split's labels; with ``images``, the domain classifier reads the train split's cached images
+    (built on first use, at ``spec.image_size``). Each row logs what its signals cost (seconds); the
+    domain classifier, shared by the settings of one hospital pair and label, is charged to the
+    first of them."""
+    import time
+
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    labels_of, images_of, domain = {}, {}, {}
+    rows = []
+    for base, added, label, balance in tqdm(list(settings), desc="signals", unit="setting", disable=not progress):
+        t0 = time.perf_counter()
+        for env in (base, added):
+            if (env, label) not in labels_of:
+                if images:
+                    entry = spec.entry(env, "train", progress=False)
+                    images_of[env] = entry
+                    labels_of[(env, label)] = entry.index[label].to_numpy().astype(np.int64)
+                else:
+                    labels_of[(env, label)] = spec.rows(env, "train")[label].to_numpy().astype(np.int64)
+        row = {"base": base, "added": added, "label": label, "balance": balance,
+               **table_signals(labels_of[(base, label)], labels_of[(added, label)], balance=balance, seed=seed)}
+        t1 = time.perf_counter()
+        row["table_seconds"] = t1 - t0
+        row["image_seconds"] = 0.0
+        if images:
+            pair = (frozenset((base, added)), label)
+            if pair not in domain:
+                def sample(env):
+                    entry = images_of[env]
+                    return entry.images()[entry.index["slot"].to_numpy()], labels_of[(env, label)]
+                domain[pair] = domain_auc(sample(base), sample(added), seed=seed)
+                row["image_seconds"] = time.perf_counter() - t1
+            row[DOMAIN_SIGNAL] = domain[pair]
+        rows.append(row)
+    return pd.DataFrame(rows)

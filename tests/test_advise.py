@@ -1,0 +1,199 @@
+"""advise: the cheap signals, the predictor and its leave-one-hospital-pair-out scoring, and the entry
+point end to end on a store holding a (fabricated) finished study."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from test_analysis import ROOT, _load, log_compare, new_experiment
+
+from analysis import advise as advise_mod
+from analysis.advise_model import (FEATURES, HELPS, HURTS, NO_CLEAR, TABLE_FEATURES, baselines, confusion,
+                                   cross_validated, features, fit, measured_verdict, score, verdict)
+from cxrstudy.data.dataspec import DataSpec
+from cxrstudy.data.synthetic.config import SyntheticConfig
+from cxrstudy.evaluate.signals import domain_auc, setting_signals, table_signals
+from cxrstudy.tracking import keys
+
+
+# --- signals -----------------------------------------------------------------------------------------
+
+def test_table_signals_follow_the_prevalences_as_training_sees_them():
+    rng = np.random.default_rng(0)
+    base = (rng.random(4000) < 0.10).astype(int)
+    added = (rng.random(1000) < 0.40).astype(int)
+    s = table_signals(base, added)
+    assert s["prevalence_gap"] == pytest.approx(added.mean() - base.mean())
+    assert s["phi"] > 0.2 and s["mutual_information"] > 0.02
+    assert s["min_group_share"] == pytest.approx(0.5 * base.mean())  # equal hospital shares per batch
+    assert s["log_size_ratio"] == pytest.approx(np.log(1000 / 4000))
+    flipped = table_signals(added, base)
+    assert flipped["phi"] == pytest.approx(-s["phi"]) and flipped["mutual_information"] == pytest.approx(
+        s["mutual_information"])
+    # hospital-label balancing undersamples negatives to the higher prevalence: the association goes
+    balanced = table_signals(base, added, balance="hospital_label")
+    assert abs(balanced["prevalence_gap"]) < 0.01 and balanced["mutual_information"] < 1e-3
+    assert balanced["base_n"] < len(base)
+    same = table_signals(base, base)
+    assert same["phi"] == 0 and same["mutual_information"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_domain_classifier_reads_a_hospital_only_when_the_images_show_it():
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 200)
+
+    def hospital(shift):
+        return np.clip(rng.normal(120 + shift, 30, size=(400, 16, 16)), 0, 255).astype(np.uint8), y
+
+    assert domain_auc(hospital(0), hospital(40)) > 0.95
+    assert 0.35 < domain_auc(hospital(0), hospital(0)) < 0.65
+    assert np.isnan(domain_auc(hospital(0), (hospital(40)[0][:10], y[:10])))  # too few images to fit
+
+
+def test_setting_signals_on_the_synthetic_hospitals_see_the_shortcut_knob(tmp_path):
+    rows = {}
+    for strength in (0.0, 1.0):
+        spec = DataSpec(source="synthetic", image_size=16, cache_dir=str(tmp_path),
+                        synthetic=SyntheticConfig(n_patients=300, shortcut_strength=strength))
+        sig = setting_signals(spec, [("cxp", "nih", "Any", "none"), ("nih", "cxp", "Any", "none")], progress=False)
+        assert list(sig["base"]) == ["cxp", "nih"]
+        assert sig["domain_auc"].nunique() == 1  # one classifier per pair and label, charged once
+        assert sig["image_seconds"].iloc[0] > 0 and sig["image_seconds"].iloc[1] == 0
+        rows[strength] = sig.iloc[0]
+    assert rows[1.0]["domain_auc"] > 0.9 > 0.7 > rows[0.0]["domain_auc"]
+    assert rows[1.0]["prevalence_gap"] == rows[0.0]["prevalence_gap"]  # same patients and labels
+
+
+# --- the predictor -----------------------------------------------------------------------------------
+
+def _grid(seed=0, n_pairs=6, noise=0.01):
+    """Fabricated studied settings: adding a hospital hurts in proportion to how readable the
+    hospital is times how much the prevalences differ (the paper's mechanism), else helps a little."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(n_pairs):
+        for label in ("A", "B"):
+            p_base, p_added = rng.uniform(0.05, 0.5, size=2)
+            dom = rng.choice([0.5, 0.75, 1.0])
+            for base, added, pb, pa in ((f"h{k}", f"g{k}", p_base, p_added), (f"g{k}", f"h{k}", p_added, p_base)):
+                gap = pa - pb
+                delta = 0.05 - 1.6 * (dom - 0.5) * abs(gap) + rng.normal(0, noise)
+                rows.append({"base": base, "added": added, "label": label, "balance": "none",
+                             "prevalence_gap": gap, "log_size_ratio": 0.0, "min_group_share": 0.5 * min(pa, pb),
+                             "domain_auc": dom, "delta_mean": delta, "delta_ci_low": delta - 0.03,
+                             "delta_ci_high": delta + 0.03})
+    return pd.DataFrame(rows)
+
+
+def test_the_predictor_learns_the_mechanism_and_is_scored_on_pairs_it_never_saw():
+    h = _grid()
+    X = features(h)
+    groups = advise_mod.pair_of(h)
+    pred = fit(X, h["delta_mean"], groups)
+    assert set(pred.features) == set(FEATURES)
+    cv = cross_validated(X, h["delta_mean"], groups)
+    s = score(measured_verdict(h["delta_ci_low"], h["delta_ci_high"]), cv["mu"], cv["p_hurt"], h["delta_mean"])
+    assert s["n_significantly_hurt"] > 3 and s["sign_accuracy"] >= 0.8 and s["hurt_auroc"] >= 0.9
+    # leave-one-pair-out: a pair's held-out predictions do not move when its own deltas change
+    h2 = h.copy()
+    h2.loc[[g == groups[0] for g in groups], "delta_mean"] += 5.0
+    cv2 = cross_validated(features(h2), h2["delta_mean"], groups)
+    mine = np.array([g == groups[0] for g in groups])
+    np.testing.assert_allclose(cv2["mu"][mine], cv["mu"][mine])
+    assert not np.allclose(cv2["mu"][~mine], cv["mu"][~mine])
+    # the table-only predictor cannot see the readability: it does worse on this mechanism
+    cv_t = cross_validated(X, h["delta_mean"], groups, TABLE_FEATURES)
+    assert np.corrcoef(cv_t["mu"], h["delta_mean"])[0, 1] < np.corrcoef(cv["mu"], h["delta_mean"])[0, 1]
+
+
+def test_verdicts_scores_baselines_and_confusion():
+    assert verdict([0.9, 0.5, 0.1]) == [HURTS, NO_CLEAR, HELPS]
+    assert measured_verdict([-0.2, -0.1, 0.05], [-0.01, 0.1, 0.2]) == [HURTS, NO_CLEAR, HELPS]
+    s = score([HURTS, HELPS, NO_CLEAR], [-0.1, -0.1, 0.2], [0.9, 0.8, 0.1], [-0.1, 0.1, 0.0])
+    assert s["sign_accuracy"] == 0.5 and s["hurt_auroc"] == 1.0 and s["n_significant"] == 2
+    assert np.isnan(score([HELPS, NO_CLEAR], [0.1, 0.1], [0.1, 0.2], [0.1, 0.0])["hurt_auroc"])
+    h = _grid(n_pairs=3)
+    b = baselines(features(h), h["delta_mean"], advise_mod.pair_of(h))
+    assert set(b) == {"always_helps", "prevalence_rule", "domain_only"}
+    assert (b["prevalence_rule"]["p_hurt"] == (h["prevalence_gap"] < 0)).all()
+    assert (b["always_helps"]["mu"] > 0).all()
+    c = confusion([HURTS, HURTS, HELPS], [HURTS, NO_CLEAR, HELPS])
+    assert c.loc[HURTS, HURTS] == 1 and c.loc[HURTS, NO_CLEAR] == 1 and c.to_numpy().sum() == 3
+
+
+def test_recommendation_prefers_pooling_then_balancing_then_keeping_apart():
+    adv = pd.DataFrame([("a", "b", "L", "none", HURTS), ("a", "b", "L", "hospital_label", NO_CLEAR),
+                        ("b", "a", "L", "none", HURTS), ("b", "a", "L", "hospital_label", HURTS),
+                        ("a", "c", "L", "none", HELPS)], columns=["base", "added", "label", "balance", "verdict"])
+    assert list(advise_mod.recommend(adv)) == [advise_mod.POOL_BALANCED, advise_mod.POOL_BALANCED,
+                                               advise_mod.KEEP_APART, advise_mod.KEEP_APART, advise_mod.POOL]
+
+
+# --- the entry point ---------------------------------------------------------------------------------
+
+entry = _load(ROOT / "entrypoints" / "advise.py", "_entry_advise")
+
+def _argv(tmp_path, *extra):
+    return ["--envs", "mimic,cxp,nih", "--labels", "Any", "--image_size", "16", "--synthetic_patients", "300",
+            "--cache_dir", str(tmp_path / "cache"), *extra]
+
+
+def test_advise_learns_from_a_finished_study_and_scores_itself_against_it(store, tmp_path):
+    eid = new_experiment("study")
+    # a fabricated finished study at two shortcut strengths: at 1, adding a hospital with a different
+    # prevalence hurts in proportion to the gap; at 0 (nothing to read), adding helps
+    spec = DataSpec(source="synthetic", image_size=16, cache_dir=str(tmp_path / "cache"),
+                    synthetic=SyntheticConfig(n_patients=300))
+    envs = ("mimic", "cxp", "nih")
+    prev = {e: spec.rows(e, "train")["Any"].mean() for e in envs}
+    for strength in (0.0, 1.0):
+        for b in envs:
+            for a in envs:
+                if a != b:
+                    d = 0.04 if strength == 0 else 0.02 - 0.6 * abs(prev[a] - prev[b])
+                    for bal in ("none", "hospital_label"):
+                        dd = d if bal == "none" else 0.03
+                        log_compare(eid, b, a, "Any", dd, dd - 0.02, dd + 0.02, balance=bal, strength=strength)
+    entry.main(_argv(tmp_path, "--against", "study"))
+    runs = mlflow.search_runs([eid], f"tags.`{keys.ENTRY_TAG}` = '{keys.ENTRY_ADVISE}'", output_format="list")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    m = runs[0].data.metrics
+    assert m["advise/n_settings"] == 12  # 6 ordered pairs x 1 label x 2 balance modes
+    assert m["advise/validation/advise/n_settings"] == 24  # the study: 12 settings at two strengths
+    assert m["advise/validation/advise/sign_accuracy"] >= 0.8
+    assert m["advise/validation/always_helps/n_significantly_hurt"] > 0
+    assert "advise/validation/domain_only/hurt_auroc" in m
+    assert "advise/cost/fraction" not in m  # a fabricated study has no training runs to weigh the signals against
+    arts = {a.path for a in MlflowClient().list_artifacts(runs[0].info.run_id)}
+    assert {"advice.csv", "advice_validation.csv", "advice_confusion.csv", "advice_coefficients.csv",
+            "predictor.json", "advice.png", "advice.md"} <= arts
+    path = MlflowClient().download_artifacts(runs[0].info.run_id, "advice.csv", str(tmp_path))
+    advice = pd.read_csv(path)
+    assert set(advice["verdict"]) <= {HURTS, NO_CLEAR, HELPS} and advice["p_hurt"].between(0, 1).all()
+    assert advice["domain_auc"].gt(0.9).all()  # strength 1 (the default): the hospitals are readable
+    saved = json.loads(open(MlflowClient().download_artifacts(runs[0].info.run_id, "predictor.json",
+                                                               str(tmp_path))).read())
+    assert saved["predictor"]["n_fit"] == 24 and saved["table_predictor"]["features"] == list(TABLE_FEATURES)
+
+
+def test_advise_without_a_study_uses_the_shipped_predictor(store, tmp_path, capsys):
+    entry.main(_argv(tmp_path, "--balances", "none"))
+    out = capsys.readouterr().out
+    assert "the shipped predictor" in out
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`{keys.ENTRY_TAG}` = 'advise'",
+                              output_format="list")
+    assert len(runs) == 1 and runs[0].data.metrics["advise/n_settings"] == 6
+    assert not any(k.startswith("advise/validation/") for k in runs[0].data.metrics)
+
+
+def test_advise_checks_its_parameters_first(store, tmp_path):
+    for bad in (["--envs", "cxp"], ["--balances", "size_matched"], ["--against", "no-such-experiment"]):
+        with pytest.raises(SystemExit) as e:
+            entry.main(_argv(tmp_path, *bad))
+        assert e.value.code == 2
+    assert not mlflow.search_runs(search_all_experiments=True, output_format="list")
