@@ -126,7 +126,9 @@ def test_jtt_weights_equal_lambda_on_error_set():
     with pytest.raises(ValueError):
         M.jtt_example_weights(np.array([0, 1]), 5.0)
     method = M.make_method("jtt", {"jtt_lambda": "7", "jtt_steps": "50"}, n_groups=4)
-    assert method.needs_identification and not method.retrains_head
+    # a phase before the training (identification), none after
+    assert type(method).before_training is not M.Method.before_training
+    assert type(method).after_training is M.Method.after_training
     assert method.identification_steps() == 50
     assert method.state_dict() == {}
     got = method.set_identification_errors(errors)
@@ -190,7 +192,9 @@ def test_dfr_retrain_head_changes_only_head_and_fits_balanced_toy():
     with torch.no_grad():
         feats = model.embed(x)
     method = M.make_method("dfr", {"dfr_l2": "1e-3"}, n_groups=4)
-    assert method.retrains_head and not method.needs_identification
+    # a phase after the training (the head's refit), none before
+    assert type(method).after_training is not M.Method.after_training
+    assert type(method).before_training is M.Method.before_training
     method.retrain(model.head, feats, y, g, seed=0)
     for k, v in model.trunk.state_dict().items():
         assert torch.equal(v, trunk_before[k]), k

@@ -32,7 +32,7 @@ from cxrstudy.train.augment import augment
 from cxrstudy.train.balancing import hospital_label_balance, prevalence, size_match
 from cxrstudy.train.config import TrainConfig
 from cxrstudy.train.device import autocast, place_model, prepare_input, reproducible
-from cxrstudy.train.methods import Method, balanced_group_indices, get_method
+from cxrstudy.train.methods import DEFAULT_METHOD, Method, TrainContext, get_method
 from cxrstudy.train.models import BinaryClassifier, build_model
 
 
@@ -172,9 +172,9 @@ class TrainOutcome:
     stopped_early: bool
     history: list
     images_per_s: float
-    method_state: dict = field(default_factory=dict)  # the method's state at the end (e.g. JTT's weights)
-    extra: dict = field(default_factory=dict)  # what a method's extra phase measured (jtt/*, dfr/*)
-    kept_val: dict | None = None  # validation metrics of the kept model when no history entry has them (DFR)
+    method_state: dict = field(default_factory=dict)  # the method's state at the end
+    extra: dict = field(default_factory=dict)  # what the method's own phases measured, under its names
+    kept_val: dict | None = None  # validation metrics of the kept model when no history entry has them
     #: wall seconds this process spent in each part of the loop (:data:`PHASES`); a resumed run counts its own part
     seconds: dict = field(default_factory=dict)
 
@@ -298,13 +298,37 @@ def train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, chec
                 progress: bool = True) -> TrainOutcome:
     """Train with ``cfg.method`` (or resume from ``checkpoint_dir/last.pt``); return the kept model.
 
-    JTT first trains an identification ERM model (its own checkpoints under ``identify/``) and
-    upweights the training examples it gets wrong; DFR refits the head of the kept ERM model on a
-    group-balanced set of training embeddings and chooses the threshold again on validation.
+    The method's hooks run around the training (:class:`~cxrstudy.train.methods.Method`):
+    ``before_training`` (a phase of its own, e.g. an identification model), the training with
+    its loss and ``example_weights``, then ``after_training`` (e.g. a refit head).
     """
     with reproducible(device):  # the same weights however many trainings run beside this one
         return _train_model(cfg, data, device=device, checkpoint_dir=checkpoint_dir, on_eval=on_eval,
                             on_checkpoint=on_checkpoint, progress=progress)
+
+
+def train_context(cfg: TrainConfig, data: TrainData, *, device: torch.device, checkpoint_dir: Path,
+                  progress: bool = True) -> TrainContext:
+    """What a method's hooks get from the loop for this training (``resuming`` when
+    ``checkpoint_dir/last.pt`` exists)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    labels, groups = train_groups(data.pools)
+
+    def train_plain(*, checkpoint_dir: Path, desc: str, **fields) -> TrainOutcome:
+        plain = dataclasses.replace(cfg, method=DEFAULT_METHOD, method_hparams=(), **fields)
+        return _train(plain, data, build_method(plain, data.pools), device=device, checkpoint_dir=checkpoint_dir,
+                      progress=progress, desc=desc)
+
+    def load_model(state: dict) -> BinaryClassifier:
+        model = place_model(build_model(cfg.backbone, "none"), device)
+        model.load_state_dict(state)
+        return model
+
+    return TrainContext(cfg=cfg, data=data, device=device, checkpoint_dir=checkpoint_dir, progress=progress,
+                        resuming=(checkpoint_dir / "last.pt").is_file(), labels=labels, groups=groups,
+                        train_plain=train_plain, load_model=load_model,
+                        outputs=lambda model, **kw: pool_outputs(model, data.pools, device, **kw),
+                        validate=lambda model: validate(model, data.val, device))
 
 
 def _train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, checkpoint_dir: Path,
@@ -314,49 +338,12 @@ def _train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, che
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     method = build_method(cfg, data.pools)
-    extra = {}
-    if method.needs_identification and not (checkpoint_dir / "last.pt").is_file():
-        errors = identification_errors(cfg, data, method.identification_steps(), device=device,
-                                       checkpoint_dir=checkpoint_dir / "identify", progress=progress)
-        method.set_identification_errors(errors)
-        extra = {"jtt/n_errors": float(errors.sum()), "jtt/error_rate": float(errors.mean())}
+    ctx = train_context(cfg, data, device=device, checkpoint_dir=checkpoint_dir, progress=progress)
+    extra = method.before_training(ctx)
     out = _train(cfg, data, method, device=device, checkpoint_dir=checkpoint_dir, on_eval=on_eval,
                  on_checkpoint=on_checkpoint, progress=progress)
     out.extra.update(extra)
-    if method.retrains_head:
-        out = _retrain_head(cfg, data, method, out, device)
-    return out
-
-
-def identification_errors(cfg: TrainConfig, data: TrainData, steps: int, *, device: torch.device,
-                          checkpoint_dir: Path, progress: bool = True) -> np.ndarray:
-    """JTT's first phase: an ERM model trained for ``steps`` steps on the same batches; which
-    training examples (pools concatenated) it misclassifies."""
-    id_cfg = dataclasses.replace(cfg, method="erm", method_hparams=(), max_steps=int(steps), eval_every=int(steps))
-    first = _train(id_cfg, data, build_method(id_cfg, data.pools), device=device, checkpoint_dir=checkpoint_dir,
-                   progress=progress, desc="identify")
-    model = place_model(build_model(cfg.backbone, "none"), device)
-    model.load_state_dict(first.best_state)
-    y, _ = train_groups(data.pools)
-    pred = pool_outputs(model, data.pools, device).argmax(1).numpy()
-    return pred != y
-
-
-def _retrain_head(cfg: TrainConfig, data: TrainData, method: Method, out: TrainOutcome,
-                  device: torch.device) -> TrainOutcome:
-    """DFR's last phase (deterministic, so a resumed run repeats it exactly)."""
-    model = place_model(build_model(cfg.backbone, "none"), device)
-    model.load_state_dict(out.best_state)
-    y, group = train_groups(data.pools)
-    rows = balanced_group_indices(group, cfg.seed)
-    feats = pool_outputs(model, data.pools, device, rows=rows, what="embeddings")
-    method.retrain(model.head, feats.to(device), torch.from_numpy(y[rows]).to(device),
-                   torch.from_numpy(group[rows]).to(device), seed=cfg.seed)
-    m = validate(model, data.val, device)
-    extra = {**out.extra, "dfr/val_macro_f1_before": out.best_score, "dfr/n_balanced": float(len(rows))}
-    return dataclasses.replace(out, best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                               threshold=float(m["threshold"]), best_score=float(m["macro_f1"]), extra=extra,
-                               kept_val={"step": out.best_step, **{k: float(v) for k, v in m.items()}})
+    return method.after_training(ctx, out)
 
 
 def adam(params, *, lr: float, weight_decay: float) -> torch.optim.Adam:
@@ -412,7 +399,7 @@ def _train(cfg: TrainConfig, data: TrainData, method: Method, *, device: torch.d
     step = state["step"]
     stopped = state["bad_evals"] >= cfg.patience  # an early-stopped run that died before finishing stays stopped
     pin = device.type == "cuda"
-    weights = getattr(method, "example_weights", None)
+    weights = method.example_weights  # after the resume: the checkpoint may have restored them
     prefetch = Prefetcher(batches, step, pin=pin)
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"{desc} {'+'.join(cfg.envs)} {cfg.label}", unit="step",
                disable=not progress, dynamic_ncols=True)

@@ -1,7 +1,7 @@
 """Training methods for worst-group robustness: ERM, group reweighting, GroupDRO, JTT and DFR.
 
-A *method* decides how a training batch becomes a loss (and, for JTT and DFR, adds one extra
-phase). Each is one small class, looked up by name, whose hyperparameters keep their default
+A *method* decides how a training batch becomes a loss (and, for JTT and DFR, adds a phase of
+its own before or after the training). Each is one small class, looked up by name, whose hyperparameters keep their default
 and their search range side by side (``HPARAMS``), as in DomainBed's ``algorithms.py`` and
 ``hparams_registry.py``; as in SubpopBench, a new method usually overrides only ``loss``.
 
@@ -17,15 +17,21 @@ Conventions shared with the training loop
   group weights ``q`` on every call. Logits are ``(N, 2)``, as for cross-entropy.
 * ``state_dict()`` holds tensors only (``torch.load(..., weights_only=True)`` reads it back);
   saved with the model and optimiser it makes a resumed run continue exactly.
-* Optional phases, announced by two flags:
-  - ``needs_identification`` (JTT): first train an ERM model for ``identification_steps()``
-    optimiser steps, mark which TRAINING examples it misclassifies, pass that boolean array to
-    ``set_identification_errors`` and train a fresh model, giving each example's loss the
-    weight from ``example_weights`` (``weight=`` argument of ``loss``).
-  - ``retrains_head`` (DFR): after ordinary ERM training, embed the TRAINING split with the
-    model in eval mode and call ``retrain(model.head, features, y, group, seed=...)``; only the
-    head changes. To save time the loop may embed only the rows ``balanced_group_indices(group,
-    seed)`` selects: ``retrain_head`` balances again, which is then a no-op.
+* Hooks the loop calls for every method, in this order (the loop knows no method by name):
+  - ``before_training(ctx) -> dict``: a phase of the method's own before the training (JTT
+    trains an ERM model for ``jtt_steps`` steps through ``ctx.train_plain`` and keeps which
+    TRAINING examples it misclassifies). It returns metrics under the method's own names
+    (``"jtt/..."``). When ``ctx.resuming``, the checkpoint's method state (``load_state_dict``)
+    already holds what the phase computed, and a method skips it.
+  - ``example_weights``: per-example loss weights in training-row order, or None (most
+    methods); read after a resume and passed to ``loss`` as ``weight=``.
+  - ``after_training(ctx, outcome) -> outcome``: a phase after the training (DFR refits the
+    kept model's head on a group-balanced subset of the TRAINING embeddings and chooses the
+    threshold again on validation); it adds its metrics to ``outcome.extra``. It must be
+    deterministic, since a resumed run repeats it.
+  ``ctx`` is a :class:`TrainContext`: the run's config and data, the device, the checkpoint
+  folder, and what a phase needs from the loop (a plain ERM training, a model from weights,
+  outputs on the training examples, validation).
 
 Adding a method
 ---------------
@@ -41,9 +47,11 @@ the method and combines with any of them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -53,8 +61,8 @@ import torch.nn.functional as F
 from cxrstudy.errors import DataError, UsageError
 
 __all__ = [
-    "HParam", "Method", "METHODS", "register", "method_names", "get_method", "make_method",
-    "parse_hparams", "default_hparams", "all_hparam_names", "group_ids", "group_counts_of",
+    "HParam", "Method", "METHODS", "DEFAULT_METHOD", "register", "method_names", "get_method", "make_method",
+    "parse_hparams", "default_hparams", "all_hparam_names", "group_ids", "group_counts_of", "TrainContext",
     "jtt_example_weights", "balanced_group_indices", "retrain_head",
     "ERM", "Reweight", "GroupDRO", "JTT", "DFR",
 ]
@@ -141,6 +149,9 @@ def _weighted_mean(losses: torch.Tensor, weight: torch.Tensor | None) -> torch.T
 # Registry
 
 METHODS: dict[str, type[Method]] = {}
+
+#: the paper's method, plain cross-entropy: the default, and the one whose names carry no method part
+DEFAULT_METHOD = "erm"
 
 
 def register(cls):
@@ -232,13 +243,39 @@ def make_method(name: str, raw: dict[str, Any] | None = None, *, n_groups: int,
 # Base class
 
 
+@dataclass
+class TrainContext:
+    """What the training loop hands a method's hooks."""
+
+    cfg: Any  #: the run's TrainConfig
+    data: Any  #: its TrainData (the training pools and the validation set)
+    device: torch.device
+    checkpoint_dir: Path  #: the run's checkpoint folder; a phase keeps its own checkpoints in a subfolder
+    progress: bool
+    #: the training resumes from ``checkpoint_dir/last.pt``: the method state saved there holds what
+    #: ``before_training`` computed
+    resuming: bool
+    #: the label and the group id of every training example, in training-row order
+    labels: np.ndarray
+    groups: np.ndarray
+    #: ``train_plain(checkpoint_dir=..., desc=..., **cfg_fields)``: a plain ERM training on the same
+    #: batches with some of the config's fields replaced (``max_steps=``, ``eval_every=``); its outcome
+    train_plain: Callable[..., Any]
+    #: ``load_model(state)``: a model of the run's backbone holding ``state``, on the device
+    load_model: Callable[[dict], nn.Module]
+    #: ``outputs(model, rows=None, what="logits" | "embeddings")``: on training examples ``rows``, in eval mode
+    outputs: Callable[..., torch.Tensor]
+    #: ``validate(model)``: validation metrics, the threshold chosen on validation among them
+    validate: Callable[[nn.Module], dict]
+
+
 class Method:
-    """A training method: a loss over a batch plus optional state and phases (see module doc)."""
+    """A training method: a loss over a batch, its state, and hooks around the training (see module doc)."""
 
     name: ClassVar[str] = ""
     HPARAMS: ClassVar[dict[str, HParam]] = {}
-    needs_identification: ClassVar[bool] = False  # JTT-style first phase
-    retrains_head: ClassVar[bool] = False  # DFR-style last phase
+    #: per-example loss weights in training-row order (None: every example weighs 1)
+    example_weights: torch.Tensor | None = None
 
     def __init__(self, hparams: dict | None, n_groups: int, group_counts: torch.Tensor | None = None):
         if int(n_groups) < 1:
@@ -291,17 +328,15 @@ class Method:
     def _load(self, state: dict[str, torch.Tensor]) -> None:
         pass
 
-    # ---- optional phases
-    def identification_steps(self) -> int:
-        """Optimiser steps of the identification ERM run (0: no such phase)."""
-        return 0
+    # ---- hooks around the training (the loop calls them for every method)
+    def before_training(self, ctx: TrainContext) -> dict[str, float]:
+        """A phase before the training; returns its metrics (named ``<name>/...``). None by default."""
+        return {}
 
-    def set_identification_errors(self, errors) -> np.ndarray:
-        raise NotImplementedError(f"method {self.name} has no identification phase")
-
-    def retrain(self, head: nn.Linear, features: torch.Tensor, y: torch.Tensor, group: torch.Tensor,
-                *, seed: int) -> None:
-        raise NotImplementedError(f"method {self.name} does not retrain the head")
+    def after_training(self, ctx: TrainContext, outcome):
+        """A phase after the training: returns the outcome to keep (its ``extra`` holding the
+        phase's metrics). The training's own outcome by default."""
+        return outcome
 
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v:g}" for k, v in self.hparams.items())
@@ -323,7 +358,7 @@ def _check_groups(group: torch.Tensor, n_groups: int) -> torch.Tensor:
 class ERM(Method):
     """Empirical risk minimisation: mean cross-entropy."""
 
-    name = "erm"
+    name = DEFAULT_METHOD
 
 
 @register
@@ -418,7 +453,6 @@ class JTT(Method):
     """
 
     name = "jtt"
-    needs_identification = True
     HPARAMS = {
         "jtt_lambda": HParam(20.0, 1.0, 100.0, log=True, help="loss weight of examples the identification model misclassified"),
         "jtt_steps": HParam(200, 10, 2000, log=True, kind="int",
@@ -430,7 +464,25 @@ class JTT(Method):
         self.example_weights: torch.Tensor | None = None  # set after identification
 
     def identification_steps(self) -> int:
+        """Optimiser steps of the identification ERM run."""
         return int(self.hparams["jtt_steps"])
+
+    def before_training(self, ctx):
+        if ctx.resuming:  # the checkpoint's method state holds the weights
+            return {}
+        errors = self.identification_errors(ctx)
+        self.set_identification_errors(errors)
+        return {"jtt/n_errors": float(errors.sum()), "jtt/error_rate": float(errors.mean())}
+
+    def identification_errors(self, ctx) -> np.ndarray:
+        """Phase 1: an ERM model trained for ``jtt_steps`` steps on the same batches (its own
+        checkpoints under ``identify/``); which training examples it misclassifies."""
+        steps = self.identification_steps()
+        first = ctx.train_plain(checkpoint_dir=ctx.checkpoint_dir / "identify", desc="identify",
+                                max_steps=steps, eval_every=steps)
+        model = ctx.load_model(first.best_state)
+        pred = ctx.outputs(model).argmax(1).numpy()
+        return pred != ctx.labels
 
     def set_identification_errors(self, errors) -> np.ndarray:
         """Store (and return) the per-example weights of the final run, in training-row order."""
@@ -517,12 +569,28 @@ class DFR(Method):
     """
 
     name = "dfr"
-    retrains_head = True
     HPARAMS = {
         "dfr_l2": HParam(1e-2, 1e-5, 10.0, log=True, help="L2 penalty on the refitted head's weights (standardised features)"),
         "dfr_steps": HParam(100, 10, 1000, log=True, kind="int", help="L-BFGS iterations of the head refit"),
     }
 
-    def retrain(self, head, features, y, group, *, seed):
+    def retrain(self, head: nn.Linear, features: torch.Tensor, y: torch.Tensor, group: torch.Tensor, *,
+                seed: int) -> None:
+        """Refit ``head`` in place (:func:`retrain_head` with this method's ``dfr_l2`` and ``dfr_steps``)."""
         retrain_head(head, features, y, group, l2=float(self.hparams["dfr_l2"]),
                      steps=int(self.hparams["dfr_steps"]), seed=seed)
+
+    def after_training(self, ctx, outcome):
+        """Refit the kept model's head on a group-balanced subset of the training embeddings
+        (only those rows are embedded: ``retrain_head`` balances again, a no-op), then choose
+        the threshold again on validation. Deterministic, so a resumed run repeats it exactly."""
+        model = ctx.load_model(outcome.best_state)
+        rows = balanced_group_indices(ctx.groups, ctx.cfg.seed)
+        feats = ctx.outputs(model, rows=rows, what="embeddings")
+        self.retrain(model.head, feats.to(ctx.device), torch.from_numpy(ctx.labels[rows]).to(ctx.device),
+                     torch.from_numpy(ctx.groups[rows]).to(ctx.device), seed=ctx.cfg.seed)
+        m = ctx.validate(model)
+        extra = {**outcome.extra, "dfr/val_macro_f1_before": outcome.best_score, "dfr/n_balanced": float(len(rows))}
+        return dataclasses.replace(outcome, best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                                   threshold=float(m["threshold"]), best_score=float(m["macro_f1"]), extra=extra,
+                                   kept_val={"step": outcome.best_step, **{k: float(v) for k, v in m.items()}})
