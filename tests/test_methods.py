@@ -278,6 +278,20 @@ def test_suggest_asks_the_trial_for_each_hparam():
     assert M.get_method("erm").suggest(t) == {}
 
 
+def test_a_search_space_takes_a_subset_in_declared_order():
+    from cxrstudy.train import hparams
+
+    jtt = M.get_method("jtt").HPARAMS
+    assert hparams.search_space("jtt") == jtt and list(hparams.search_space("JTT")) == ["jtt_lambda", "jtt_steps"]
+    assert hparams.search_space("jtt", only={"jtt_steps", "jtt_lambda"}) == jtt
+    assert hparams.search_space("jtt", only=["jtt_steps"]) == {"jtt_steps": jtt["jtt_steps"]}
+    assert hparams.search_space("erm", only=[]) == {}
+    t = _Trial()
+    assert hparams.suggest(hparams.search_space("jtt", only=["jtt_steps"]), t) == {"jtt_steps": 10}
+    assert t.calls == [("int", "jtt_steps", 10, 2000, True)]  # the rest is not asked
+    _one_line_usage(lambda: hparams.search_space("jtt", only=["groupdro_eta"]), "groupdro_eta", "jtt_lambda")
+
+
 def test_adding_a_method_is_one_class():
     @M.register
     class Focal(M.Method):

@@ -148,8 +148,9 @@ def test_the_readme_example_method_is_one_class_that_trains(tmp_path, monkeypatc
     import torch.nn.functional as F
 
     import cxrstudy.train.methods as methods
+    import cxrstudy.train.registry as registry
 
-    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+    monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
     code = re.search(r"```python\n(@register\nclass Focal.*?)```", (ROOT / "docs" / "GUIDE.md").read_text(), re.S).group(1)
     ns = {"register": methods.register, "Method": methods.Method, "HParam": methods.HParam, "F": F, "torch": torch}
     exec(code, ns)

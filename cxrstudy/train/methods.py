@@ -1,9 +1,10 @@
 """Training methods for worst-group robustness: ERM, group reweighting, GroupDRO, JTT and DFR.
 
 A *method* decides how a training batch becomes a loss (and, for JTT and DFR, adds a phase of
-its own before or after the training). Each is one small class, looked up by name, whose hyperparameters keep their default
-and their search range side by side (``HPARAMS``), as in DomainBed's ``algorithms.py`` and
-``hparams_registry.py``; as in SubpopBench, a new method usually overrides only ``loss``.
+its own before or after the training). Each is one small class, looked up by name, whose
+hyperparameters keep their default and their search range side by side (``HPARAMS``), as in
+DomainBed's ``algorithms.py`` and ``hparams_registry.py``; as in SubpopBench, a new method
+usually overrides only ``loss``.
 
 Conventions shared with the training loop
 -----------------------------------------
@@ -36,9 +37,11 @@ Conventions shared with the training loop
 Adding a method
 ---------------
 Write one class (``@register``, a ``name``, its ``HPARAMS`` -- every key prefixed with
-``<name>_`` -- and a ``loss``; keep per-run state in tensors returned by ``state_dict``) and add
-tests in ``tests/test_methods.py`` checking its loss against a value computed by hand on a tiny
-batch. ``parse_hparams``, ``default_hparams``, ``suggest`` and ``method_names`` pick it up.
+``<name>_`` -- and a ``loss``; keep per-run state in tensors returned by ``state_dict``; a
+phase of its own is a hook) and add tests in
+``tests/test_methods.py`` checking its loss against a value computed by hand on a tiny batch.
+The registry (:mod:`cxrstudy.train.registry`) and the hyperparameters' parsing and search
+space (:mod:`cxrstudy.train.hparams`) pick it up; nothing in the training loop changes.
 
 The paper's data-side hospital-label balancing (parameter ``balance``, ``cxrstudy.train.
 balancing``) resamples the training and validation splits before training; it is separate from
@@ -48,7 +51,6 @@ the method and combines with any of them.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
@@ -58,63 +60,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cxrstudy.errors import DataError, UsageError
+from cxrstudy.errors import DataError
+from cxrstudy.train.hparams import (HParam, all_hparam_names, default_hparams, parse_for, parse_hparams,
+                                    parse_method_list, search_space, suggest)
+from cxrstudy.train.registry import DEFAULT_METHOD, METHODS, get_method, method_names, method_suffix, register
 
 __all__ = [
-    "HParam", "Method", "METHODS", "DEFAULT_METHOD", "register", "method_names", "get_method", "make_method",
-    "parse_hparams", "default_hparams", "all_hparam_names", "group_ids", "group_counts_of", "TrainContext",
+    # the registry and the hyperparameters (cxrstudy.train.registry, cxrstudy.train.hparams), re-exported
+    # here: importing them from this module registers the built-in methods first
+    "HParam", "METHODS", "DEFAULT_METHOD", "register", "method_names", "get_method", "method_suffix",
+    "parse_hparams", "parse_method_list", "default_hparams", "all_hparam_names", "search_space", "suggest",
+    # this module's own
+    "Method", "TrainContext", "make_method", "group_ids", "group_counts_of",
     "jtt_example_weights", "balanced_group_indices", "retrain_head",
     "ERM", "Reweight", "GroupDRO", "JTT", "DFR",
 ]
-
-
-# --------------------------------------------------------------------------------------------
-# Hyperparameters
-
-
-@dataclass(frozen=True)
-class HParam:
-    """One hyperparameter: its default and its search range ``[low, high]`` (inclusive)."""
-
-    default: float | int
-    low: float | int
-    high: float | int
-    log: bool = False
-    kind: str = "float"  # "float" or "int"
-    help: str = ""
-
-    def __post_init__(self):
-        if self.kind not in ("float", "int"):
-            raise ValueError(f"HParam kind {self.kind!r}; expected 'float' or 'int'")
-        if not self.low <= self.default <= self.high:
-            raise ValueError(f"HParam default {self.default} outside {self.low}..{self.high}")
-        if self.log and self.low <= 0:
-            raise ValueError(f"HParam on a log scale needs low > 0, got {self.low}")
-        if self.kind == "int" and not all(float(v).is_integer() for v in (self.default, self.low, self.high)):
-            raise ValueError("an int HParam needs integer default, low and high")
-
-    def expected(self) -> str:
-        scale = ", log scale" if self.log else ""
-        return f"{'an integer' if self.kind == 'int' else 'a number'} in {self.low:g}..{self.high:g}{scale}"
-
-    def parse(self, name: str, value) -> float | int:
-        """``value`` (a string, or already a number) checked against kind and range."""
-        if isinstance(value, bool):
-            raise UsageError(f"parameter {name}={value!r} is not a number; expected {self.expected()}")
-        text = str(value).strip()
-        try:
-            v = float(text)
-        except ValueError:
-            raise UsageError(f"parameter {name}={value!r} is not a number; expected {self.expected()}") from None
-        if not math.isfinite(v):
-            raise UsageError(f"parameter {name}={value!r} is not a finite number; expected {self.expected()}")
-        if self.kind == "int":
-            if not v.is_integer():
-                raise UsageError(f"parameter {name}={value!r} is not an integer; expected {self.expected()}")
-            v = int(v)
-        if not self.low <= v <= self.high:
-            raise UsageError(f"parameter {name}={value!r} is out of range; expected {self.expected()}")
-        return v
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,91 +106,7 @@ def _weighted_mean(losses: torch.Tensor, weight: torch.Tensor | None) -> torch.T
 
 
 # --------------------------------------------------------------------------------------------
-# Registry
-
-METHODS: dict[str, type[Method]] = {}
-
-#: the paper's method, plain cross-entropy: the default, and the one whose names carry no method part
-DEFAULT_METHOD = "erm"
-
-
-def register(cls):
-    """Class decorator: add a :class:`Method` subclass to ``METHODS`` under ``cls.name``."""
-    name = cls.name
-    if not name or name != name.lower() or not name.isidentifier():
-        raise ValueError(f"method name {name!r} must be a lower-case identifier")
-    if name in METHODS and METHODS[name] is not cls:
-        raise ValueError(f"method {name!r} is already registered")
-    for key in cls.HPARAMS:
-        if not key.startswith(name + "_"):
-            raise ValueError(f"hyperparameter {key!r} of method {name!r} must start with {name + '_'!r}")
-    METHODS[name] = cls
-    return cls
-
-
-def method_names() -> list[str]:
-    return list(METHODS)
-
-
-def get_method(name: str) -> type[Method]:
-    """The class registered as ``name`` (case and surrounding spaces ignored)."""
-    key = str(name).strip().lower()
-    if key not in METHODS:
-        raise UsageError(f"unknown method {name!r}; expected one of: {', '.join(METHODS)}")
-    return METHODS[key]
-
-
-def all_hparam_names() -> dict[str, str]:
-    """Every registered hyperparameter name -> the method it belongs to."""
-    return {k: m for m, cls in METHODS.items() for k in cls.HPARAMS}
-
-
-def default_hparams(name: str) -> dict[str, float | int]:
-    return {k: hp.default for k, hp in get_method(name).HPARAMS.items()}
-
-
-def parse_hparams(method_name: str, raw: dict[str, Any] | None) -> dict[str, float | int]:
-    """All hyperparameters of ``method_name``: given ones parsed and range-checked, others default.
-
-    ``raw`` maps names to strings (as MLflow passes them) or numbers; a value of ``None`` or
-    ``""`` means "not given". A given hyperparameter of another method, or one no method has,
-    is a :class:`UsageError`.
-    """
-    return _parse_for(get_method(method_name), raw)
-
-
-def _parse_for(cls: type[Method], raw: dict[str, Any] | None) -> dict[str, float | int]:
-    out = {k: hp.default for k, hp in cls.HPARAMS.items()}
-    owners = all_hparam_names()
-    for key, value in (raw or {}).items():
-        if value is None or (isinstance(value, str) and not value.strip()):
-            continue
-        if key in cls.HPARAMS:
-            out[key] = cls.HPARAMS[key].parse(key, value)
-            continue
-        takes = ", ".join(cls.HPARAMS) or "no hyperparameters"
-        if key in owners:
-            raise UsageError(f"parameter {key}={value!r} belongs to method {owners[key]}, not {cls.name}; "
-                             f"method {cls.name} takes: {takes}")
-        raise UsageError(f"unknown hyperparameter {key}={value!r}; method {cls.name} takes: {takes}")
-    return out
-
-
-def parse_method_list(value: str, given: dict[str, Any] | None = None) -> list[str]:
-    """``"erm,groupdro"`` -> ``["erm", "groupdro"]`` (checked, duplicates dropped). A hyperparameter
-    in ``given`` (non-empty values) that belongs to none of the listed methods is a UsageError."""
-    methods = []
-    for part in str(value).split(","):
-        if part.strip() and get_method(part).name not in methods:
-            methods.append(get_method(part).name)
-    if not methods:
-        raise UsageError(f"parameter methods={value!r} is empty; expected some of: {', '.join(METHODS)}")
-    owners = all_hparam_names()
-    for key, v in (given or {}).items():
-        if key in owners and owners[key] not in methods and v not in (None, ""):
-            raise UsageError(f"parameter {key}={v!r} belongs to method {owners[key]}, which is not in "
-                             f"methods={','.join(methods)}")
-    return methods
+# Construction
 
 
 def make_method(name: str, raw: dict[str, Any] | None = None, *, n_groups: int,
@@ -280,7 +156,7 @@ class Method:
     def __init__(self, hparams: dict | None, n_groups: int, group_counts: torch.Tensor | None = None):
         if int(n_groups) < 1:
             raise ValueError(f"n_groups must be >= 1, got {n_groups}")
-        self.hparams = _parse_for(type(self), hparams)
+        self.hparams = parse_for(type(self), hparams)
         self.n_groups = int(n_groups)
         self.group_counts = None
         if group_counts is not None:
@@ -293,16 +169,8 @@ class Method:
 
     @classmethod
     def suggest(cls, trial) -> dict[str, float | int]:
-        """Ask an Optuna-like ``trial`` for every hyperparameter (a fixed range is not asked)."""
-        out = {}
-        for key, hp in cls.HPARAMS.items():
-            if hp.low == hp.high:
-                out[key] = hp.default
-            elif hp.kind == "int":
-                out[key] = int(trial.suggest_int(key, int(hp.low), int(hp.high), log=hp.log))
-            else:
-                out[key] = float(trial.suggest_float(key, float(hp.low), float(hp.high), log=hp.log))
-        return out
+        """Ask an Optuna-like ``trial`` for every hyperparameter (:func:`~cxrstudy.train.hparams.suggest`)."""
+        return suggest(cls.HPARAMS, trial)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, group: torch.Tensor,
              weight: torch.Tensor | None = None) -> torch.Tensor:
