@@ -24,7 +24,7 @@ def _ce(logit0: float, logit1: float, y: int) -> float:
 
 LOGITS = [[0.0, 0.0], [1.0, -1.0], [0.5, 2.0], [-2.0, 1.0], [3.0, 0.0]]
 Y = [1, 1, 0, 1, 0]
-GROUP = [0, 1, 0, 3, 2]  # env*2+y does not have to match y here; losses only use the ids
+GROUP = [0, 1, 0, 3, 2]  # the group need not match y here; losses only use the ids
 
 
 def _batch():
@@ -61,6 +61,15 @@ def test_group_ids_and_counts():
     g = M.group_ids(env, y)
     assert g.tolist() == [0, 1, 3, 3, 2]
     assert M.group_counts_of(g, 4).tolist() == [1.0, 1.0, 1.0, 2.0]
+    from cxrstudy.train import groups
+
+    assert groups.group_ids(env.numpy(), y.numpy()).tolist() == g.tolist()  # arrays as tensors
+    assert [groups.hospital_and_label(int(k)) for k in g] == list(zip(env.tolist(), y.tolist()))
+    assert groups.n_groups(2) == 4
+    assert groups.group_name("nih", 1) == "nih/y=1" and groups.parse_group_name("nih/y=1") == ("nih", 1)
+    assert groups.parse_group_name(groups.group_name("a/y=b", 0)) == ("a/y=b", 0)
+    with pytest.raises(ValueError, match="expected <hospital>/y=0"):
+        groups.parse_group_name("nih/1")
 
 
 def test_reweight_is_inverse_group_frequency_weighted_mean():

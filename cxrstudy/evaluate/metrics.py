@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score, roc_auc_score
 
+from cxrstudy.train.groups import group_name
+
 __all__ = [
     "THRESHOLD_GRID",
     "predict",
@@ -99,11 +101,6 @@ def predict(y_score, threshold: float) -> np.ndarray:
 
 
 # --------------------------------------------------------------- group accuracy
-
-
-def group_name(env: str, y: int) -> str:
-    """The spelling of a group in reports, e.g. ``group_name("nih", 1) == "nih/y=1"``."""
-    return f"{env}/y={int(y)}"
 
 
 def group_accuracy(

@@ -32,6 +32,7 @@ from cxrstudy.train.augment import augment
 from cxrstudy.train.balancing import hospital_label_balance, prevalence, size_match
 from cxrstudy.train.config import TrainConfig
 from cxrstudy.train.device import autocast, place_model, prepare_input, reproducible
+from cxrstudy.train.groups import N_LABELS, group_ids, n_groups, train_groups
 from cxrstudy.train.methods import DEFAULT_METHOD, Method, TrainContext, get_method
 from cxrstudy.train.models import BinaryClassifier, build_model
 
@@ -253,22 +254,14 @@ def discard_damaged_checkpoint(path: Path) -> str | None:
     return why
 
 
-def train_groups(pools: list[HospitalPool]) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and (hospital, label) group ids of every training example, pools concatenated in
-    slot order (the numbering of ``EqualShareBatches.rows``)."""
-    y = np.concatenate([p.labels for p in pools]).astype(np.int64)
-    env = np.concatenate([np.full(len(p.slots), i, dtype=np.int64) for i, p in enumerate(pools)])
-    return y, env * 2 + y
-
-
 def build_method(cfg: TrainConfig, pools: list[HospitalPool]) -> Method:
     """The configured method for these training pools. Group counts are per hospital (each
     group's share of its hospital), since every batch takes an equal share from each hospital."""
     _, group = train_groups(pools)
-    n_groups = 2 * len(pools)
-    counts = np.bincount(group, minlength=n_groups).astype(np.float64)
-    per_hospital = np.repeat([len(p.slots) for p in pools], 2).astype(np.float64)
-    return get_method(cfg.method)(cfg.hparams, n_groups, torch.from_numpy(counts / per_hospital))
+    n = n_groups(len(pools))
+    counts = np.bincount(group, minlength=n).astype(np.float64)
+    per_hospital = np.repeat([len(p.slots) for p in pools], N_LABELS).astype(np.float64)
+    return get_method(cfg.method)(cfg.hparams, n, torch.from_numpy(counts / per_hospital))
 
 
 @torch.no_grad()
@@ -420,7 +413,7 @@ def _train(cfg: TrainConfig, data: TrainData, method: Method, *, device: torch.d
             with autocast(device):
                 logits = model(x)
             y = y.to(device, non_blocking=True)
-            group = env.to(device, non_blocking=True) * 2 + y
+            group = group_ids(env.to(device, non_blocking=True), y)
             w = None if weights is None else weights[torch.from_numpy(batches.rows(step))].to(device)
             loss = method.loss(logits.float(), y, group, weight=w)
             opt.zero_grad(set_to_none=True)

@@ -9,8 +9,8 @@ usually overrides only ``loss``.
 Conventions shared with the training loop
 -----------------------------------------
 * A batch gives images, labels ``y`` (0/1) and ``env``, the hospital's index ``0..k-1`` within
-  the run's training hospitals. A (hospital, label) *group* is ``env * 2 + y`` (``group_ids``);
-  a run with ``k`` hospitals has ``n_groups = 2 * k``.
+  the run's training hospitals. A (hospital, label) *group* is defined once, in
+  :mod:`cxrstudy.train.groups` (``group_ids``); a run with ``k`` hospitals has ``2 * k``.
 * ``group_counts`` (length ``n_groups``) counts the TRAINING split's examples per group
   (``group_counts_of``). Validation data never reaches a method, so thresholds and model
   selection on the validation split stay honest.
@@ -61,6 +61,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cxrstudy.errors import DataError
+from cxrstudy.train.groups import group_counts_of, group_ids
 from cxrstudy.train.hparams import (HParam, all_hparam_names, default_hparams, parse_for, parse_hparams,
                                     parse_method_list, search_space, suggest)
 from cxrstudy.train.registry import DEFAULT_METHOD, METHODS, get_method, method_names, method_suffix, register
@@ -70,28 +71,17 @@ __all__ = [
     # here: importing them from this module registers the built-in methods first
     "HParam", "METHODS", "DEFAULT_METHOD", "register", "method_names", "get_method", "method_suffix",
     "parse_hparams", "parse_method_list", "default_hparams", "all_hparam_names", "search_space", "suggest",
+    # the group definition (cxrstudy.train.groups), which the losses use
+    "group_ids", "group_counts_of",
     # this module's own
-    "Method", "TrainContext", "make_method", "group_ids", "group_counts_of",
+    "Method", "TrainContext", "make_method",
     "jtt_example_weights", "balanced_group_indices", "retrain_head",
     "ERM", "Reweight", "GroupDRO", "JTT", "DFR",
 ]
 
 
 # --------------------------------------------------------------------------------------------
-# Group helpers
-
-
-def group_ids(env: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(hospital, label) group id of each example: ``env * 2 + y``."""
-    return env.long() * 2 + y.long()
-
-
-def group_counts_of(group, n_groups: int) -> torch.Tensor:
-    """How many examples fall in each group ``0..n_groups-1`` (float tensor)."""
-    g = torch.as_tensor(np.asarray(group), dtype=torch.long).reshape(-1)
-    if len(g) and (int(g.min()) < 0 or int(g.max()) >= n_groups):
-        raise ValueError(f"group ids must lie in 0..{n_groups - 1}")
-    return torch.bincount(g, minlength=n_groups).to(torch.float32)
+# Losses
 
 
 def _per_example_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
