@@ -20,29 +20,19 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cxrstudy.data.loader import EqualShareBatches, HospitalPool, Prefetcher
 from cxrstudy.errors import DataError
-from cxrstudy.evaluate.metrics import evaluate_predictions, select_threshold
 from cxrstudy.train.augment import augment
 from cxrstudy.train.balancing import hospital_label_balance, prevalence, size_match
 from cxrstudy.train.config import TrainConfig
 from cxrstudy.train.device import autocast, place_model, prepare_input, reproducible
 from cxrstudy.train.groups import N_LABELS, group_ids, n_groups, train_groups
+from cxrstudy.train.inference import EvalSet, eval_set, pool_outputs, validate
 from cxrstudy.train.methods import DEFAULT_METHOD, Method, TrainContext, get_method
 from cxrstudy.train.models import BinaryClassifier, build_model
-
-
-@dataclass
-class EvalSet:
-    """Images of one or more hospitals' split, in a fixed order, with labels and identities."""
-
-    images: list  # per hospital: (memmap, slots)
-    frame: pd.DataFrame  # env, subject_id, y_true (row order = concatenated slots)
 
 
 @dataclass
@@ -96,17 +86,6 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
     return TrainData(pools=pools, val=val, counts=counts, entries=entries)
 
 
-def eval_set(entries: dict, label: str, keep: dict | None = None) -> EvalSet:
-    """An EvalSet over the given cache entries (hospital -> entry), optionally a subset of rows."""
-    images, frames = [], []
-    for e, entry in entries.items():
-        rows = entry.index if keep is None else entry.index.iloc[keep[e]]
-        images.append((entry.images(), rows["slot"].to_numpy()))
-        frames.append(pd.DataFrame({"env": e, "subject_id": rows["subject_id"].astype(str).to_numpy(),
-                                    "y_true": rows[label].to_numpy().astype(np.int64)}))
-    return EvalSet(images=images, frame=pd.concat(frames, ignore_index=True))
-
-
 def augment_kwargs(strength: float) -> dict | None:
     """:func:`augment`'s keyword arguments for augmentation strength ``s`` (``None``: no augmentation).
 
@@ -120,43 +99,6 @@ def augment_kwargs(strength: float) -> dict | None:
     r = (4 / 3) ** s
     return {"max_rotation": 10.0 * s, "scale": (max(0.1, 1.0 - 0.25 * s), 1.0), "ratio": (1 / r, r),
             "flip_p": 0.5 * min(s, 1.0)}
-
-
-def eval_batches(es: EvalSet, device: torch.device, batch_size: int = 256):
-    """``(k, x)`` for each batch of the eval set in frame order: ``k`` the batch's first row,
-    ``x`` the model input on ``device``. Images are read from the memmap one batch at a time."""
-    k = 0
-    for images, slots in es.images:
-        for i in range(0, len(slots), batch_size):
-            s = slots[i:i + batch_size]
-            yield k, prepare_input(torch.from_numpy(np.ascontiguousarray(images[s])).unsqueeze(1), device)
-            k += len(s)
-
-
-@torch.no_grad()
-def predict_scores(model: torch.nn.Module, es: EvalSet, device: torch.device, batch_size: int = 256,
-                   with_loss: bool = False):
-    """P(y=1) for every image of the eval set (and the mean cross-entropy if asked)."""
-    model.eval()
-    scores, losses = [], []
-    ys = torch.tensor(es.frame["y_true"].to_numpy(), dtype=torch.long)
-    for k, x in eval_batches(es, device, batch_size):
-        with autocast(device):
-            logits = model(x).float()
-        if with_loss:
-            losses.append(F.cross_entropy(logits, ys[k:k + len(x)].to(device), reduction="sum").item())
-        scores.append(torch.softmax(logits, 1)[:, 1].cpu())
-    out = torch.cat(scores).numpy().astype(np.float64) if scores else np.zeros(0)
-    return (out, sum(losses) / max(len(ys), 1)) if with_loss else out
-
-
-def validate(model, es: EvalSet, device) -> dict:
-    scores, loss = predict_scores(model, es, device, with_loss=True)
-    y = es.frame["y_true"].to_numpy()
-    thr, f1 = select_threshold(y, scores)
-    m = evaluate_predictions(es.frame.assign(y_score=scores), threshold=thr)
-    return {"loss": loss, "macro_f1": f1, "auroc": m["auroc"], "wga": m["wga"], "threshold": thr,
-            "pred_pos_rate": float(np.mean(scores >= thr)) if len(scores) else float("nan")}
 
 
 #: a model converged when it stopped early or kept a checkpoint at most this far to the step cap
@@ -262,27 +204,6 @@ def build_method(cfg: TrainConfig, pools: list[HospitalPool]) -> Method:
     counts = np.bincount(group, minlength=n).astype(np.float64)
     per_hospital = np.repeat([len(p.slots) for p in pools], N_LABELS).astype(np.float64)
     return get_method(cfg.method)(cfg.hparams, n, torch.from_numpy(counts / per_hospital))
-
-
-@torch.no_grad()
-def pool_outputs(model: BinaryClassifier, pools: list[HospitalPool], device: torch.device, *,
-                 rows: np.ndarray | None = None, what: str = "logits", batch_size: int = 256) -> torch.Tensor:
-    """The model's logits (or embeddings) for training examples ``rows`` (default: all), without
-    augmentation, in eval mode, in the order of ``rows``."""
-    model.eval()
-    sizes = [len(p.slots) for p in pools]
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    rows = np.arange(sum(sizes)) if rows is None else np.asarray(rows)
-    out = []
-    for k in range(0, len(rows), batch_size):
-        r = rows[k:k + batch_size]
-        pool_of = np.searchsorted(offsets, r, side="right") - 1
-        imgs = np.stack([pools[i].images[pools[i].slots[j - offsets[i]]] for i, j in zip(pool_of, r)])
-        x = prepare_input(torch.from_numpy(imgs).unsqueeze(1), device)
-        with autocast(device):
-            o = model.embed(x) if what == "embeddings" else model(x)
-        out.append(o.float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
 
 
 def train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, checkpoint_dir: Path,
