@@ -321,3 +321,9 @@ def test_adding_a_method_is_one_class():
     with pytest.raises(ValueError):
         M.register(type("Bad", (M.Method,), {"name": "bad", "HPARAMS": {"eta": M.HParam(1.0, 0.5, 2.0)}}))
     assert "bad" not in M.METHODS
+
+
+def test_erm_keeps_its_old_names_through_one_helper():
+    assert M.DEFAULT_METHOD == M.get_method("erm").name == "erm"
+    assert M.method_suffix("erm") == "" and M.method_suffix("erm", "/") == ""
+    assert M.method_suffix("groupdro") == "-groupdro" and M.method_suffix("jtt", "/") == "/jtt"
