@@ -139,6 +139,8 @@ class Method:
     """A training method: a loss over a batch, its state, and hooks around the training (see module doc)."""
 
     name: ClassVar[str] = ""
+    #: one line for the docs' table of methods (docs/GUIDE.md, generated: ``python -m cxrstudy.tools.method_table``)
+    description: ClassVar[str] = ""
     HPARAMS: ClassVar[dict[str, HParam]] = {}
     #: per-example loss weights in training-row order (None: every example weighs 1)
     example_weights: torch.Tensor | None = None
@@ -217,6 +219,7 @@ class ERM(Method):
     """Empirical risk minimisation: mean cross-entropy."""
 
     name = DEFAULT_METHOD
+    description = "mean cross-entropy (the paper)"
 
 
 @register
@@ -228,6 +231,8 @@ class Reweight(Method):
     """
 
     name = "reweight"
+    description = ("each example's loss weighted by the inverse frequency of its (hospital, label) group "
+                   "in the train split")
 
     def __init__(self, hparams, n_groups, group_counts=None):
         super().__init__(hparams, n_groups, group_counts)
@@ -256,6 +261,7 @@ class GroupDRO(Method):
     """
 
     name = "groupdro"
+    description = "online GroupDRO over the (hospital, label) groups (Sagawa et al., 2020)"
     HPARAMS = {"groupdro_eta": HParam(0.01, 1e-3, 1.0, log=True, help="step size of the group weights q")}
 
     def __init__(self, hparams, n_groups, group_counts=None):
@@ -311,6 +317,8 @@ class JTT(Method):
     """
 
     name = "jtt"
+    description = ("just train twice (Liu et al., 2021): an ERM model trained for `jtt_steps` steps, then a "
+                   "fresh model with its misclassified train examples upweighted by `jtt_lambda`")
     HPARAMS = {
         "jtt_lambda": HParam(20.0, 1.0, 100.0, log=True, help="loss weight of examples the identification model misclassified"),
         "jtt_steps": HParam(200, 10, 2000, log=True, kind="int",
@@ -427,6 +435,9 @@ class DFR(Method):
     """
 
     name = "dfr"
+    description = ("deep feature reweighting (Kirichenko et al., 2022): after ERM, only the head is refit on "
+                   "a group-balanced subset of the train split's embeddings; val stays untouched for the "
+                   "threshold and model selection")
     HPARAMS = {
         "dfr_l2": HParam(1e-2, 1e-5, 10.0, log=True, help="L2 penalty on the refitted head's weights (standardised features)"),
         "dfr_steps": HParam(100, 10, 1000, log=True, kind="int", help="L-BFGS iterations of the head refit"),
