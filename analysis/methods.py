@@ -16,7 +16,7 @@ import pandas as pd
 
 from cxrstudy.tracking import keys
 from cxrstudy.train.balancing import BALANCE_TITLES
-from cxrstudy.train.methods import method_names
+from cxrstudy.train.methods import method_names, method_suffix
 
 from .queries import known_order
 from .summary import headline
@@ -84,7 +84,7 @@ def head_to_head(settings: pd.DataFrame) -> pd.DataFrame:
 
 
 def _prefix(method: str, balance: str) -> str:
-    base = "analysis" if method == keys.DEFAULT_METHOD else f"analysis/{method}"
+    base = "analysis" + method_suffix(method, "/")
     return {"none": base, "hospital_label": f"{base}/balanced"}.get(balance, f"{base}/{balance}")
 
 

@@ -54,6 +54,34 @@ def test_the_tree_follows_the_data_flow():
     assert flat == ["__init__.py", "errors.py", "hospitals.py", "labels.py", "params.py"], flat
 
 
+# the package's stages in the order the data flows through them: a module may import its own stage
+# and earlier ones, never a later one (evaluation may use training's inference, not the reverse)
+STAGES = ("data", "train", "tracking", "evaluate", "runs")
+
+
+def test_imports_run_one_way_along_the_stages():
+    """Imports inside functions count too: training that climbs into evaluate/ (or tracking/, runs/)
+    to validate is the circle this guards against."""
+    offenders = []
+    for mod, path in _modules():
+        parts = mod.split(".")
+        if len(parts) < 2 or parts[1] not in STAGES:
+            continue
+        mine = STAGES.index(parts[1])
+        for name, _ in _imports(path, top_level_only=False):
+            target = name.split(".")
+            if target[0] == "cxrstudy" and len(target) > 1 and target[1] in STAGES[mine + 1:]:
+                offenders.append(f"{mod} ({parts[1]}/) imports {name} ({target[1]}/ comes later)")
+    assert not offenders, offenders
+
+
+def test_the_stage_rule_sees_an_import_inside_a_function(tmp_path):
+    """The rule's reader finds a late import hidden in a function body (what a circle hides behind)."""
+    f = tmp_path / "m.py"
+    f.write_text("def validate():\n    from cxrstudy.evaluate.metrics import select_threshold\n")
+    assert ("cxrstudy.evaluate.metrics", ["select_threshold"]) in list(_imports(f, top_level_only=False))
+
+
 def test_only_tracking_and_runs_import_mlflow():
     offenders = []
     for mod, path in _modules():

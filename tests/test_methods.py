@@ -24,7 +24,7 @@ def _ce(logit0: float, logit1: float, y: int) -> float:
 
 LOGITS = [[0.0, 0.0], [1.0, -1.0], [0.5, 2.0], [-2.0, 1.0], [3.0, 0.0]]
 Y = [1, 1, 0, 1, 0]
-GROUP = [0, 1, 0, 3, 2]  # env*2+y does not have to match y here; losses only use the ids
+GROUP = [0, 1, 0, 3, 2]  # the group need not match y here; losses only use the ids
 
 
 def _batch():
@@ -61,6 +61,15 @@ def test_group_ids_and_counts():
     g = M.group_ids(env, y)
     assert g.tolist() == [0, 1, 3, 3, 2]
     assert M.group_counts_of(g, 4).tolist() == [1.0, 1.0, 1.0, 2.0]
+    from cxrstudy.train import groups
+
+    assert groups.group_ids(env.numpy(), y.numpy()).tolist() == g.tolist()  # arrays as tensors
+    assert [groups.hospital_and_label(int(k)) for k in g] == list(zip(env.tolist(), y.tolist()))
+    assert groups.n_groups(2) == 4
+    assert groups.group_name("nih", 1) == "nih/y=1" and groups.parse_group_name("nih/y=1") == ("nih", 1)
+    assert groups.parse_group_name(groups.group_name("a/y=b", 0)) == ("a/y=b", 0)
+    with pytest.raises(ValueError, match="expected <hospital>/y=0"):
+        groups.parse_group_name("nih/1")
 
 
 def test_reweight_is_inverse_group_frequency_weighted_mean():
@@ -126,7 +135,9 @@ def test_jtt_weights_equal_lambda_on_error_set():
     with pytest.raises(ValueError):
         M.jtt_example_weights(np.array([0, 1]), 5.0)
     method = M.make_method("jtt", {"jtt_lambda": "7", "jtt_steps": "50"}, n_groups=4)
-    assert method.needs_identification and not method.retrains_head
+    # a phase before the training (identification), none after
+    assert type(method).before_training is not M.Method.before_training
+    assert type(method).after_training is M.Method.after_training
     assert method.identification_steps() == 50
     assert method.state_dict() == {}
     got = method.set_identification_errors(errors)
@@ -190,7 +201,9 @@ def test_dfr_retrain_head_changes_only_head_and_fits_balanced_toy():
     with torch.no_grad():
         feats = model.embed(x)
     method = M.make_method("dfr", {"dfr_l2": "1e-3"}, n_groups=4)
-    assert method.retrains_head and not method.needs_identification
+    # a phase after the training (the head's refit), none before
+    assert type(method).after_training is not M.Method.after_training
+    assert type(method).before_training is M.Method.before_training
     method.retrain(model.head, feats, y, g, seed=0)
     for k, v in model.trunk.state_dict().items():
         assert torch.equal(v, trunk_before[k]), k
@@ -274,6 +287,20 @@ def test_suggest_asks_the_trial_for_each_hparam():
     assert M.get_method("erm").suggest(t) == {}
 
 
+def test_a_search_space_takes_a_subset_in_declared_order():
+    from cxrstudy.train import hparams
+
+    jtt = M.get_method("jtt").HPARAMS
+    assert hparams.search_space("jtt") == jtt and list(hparams.search_space("JTT")) == ["jtt_lambda", "jtt_steps"]
+    assert hparams.search_space("jtt", only={"jtt_steps", "jtt_lambda"}) == jtt
+    assert hparams.search_space("jtt", only=["jtt_steps"]) == {"jtt_steps": jtt["jtt_steps"]}
+    assert hparams.search_space("erm", only=[]) == {}
+    t = _Trial()
+    assert hparams.suggest(hparams.search_space("jtt", only=["jtt_steps"]), t) == {"jtt_steps": 10}
+    assert t.calls == [("int", "jtt_steps", 10, 2000, True)]  # the rest is not asked
+    _one_line_usage(lambda: hparams.search_space("jtt", only=["groupdro_eta"]), "groupdro_eta", "jtt_lambda")
+
+
 def test_adding_a_method_is_one_class():
     @M.register
     class Focal(M.Method):
@@ -294,3 +321,9 @@ def test_adding_a_method_is_one_class():
     with pytest.raises(ValueError):
         M.register(type("Bad", (M.Method,), {"name": "bad", "HPARAMS": {"eta": M.HParam(1.0, 0.5, 2.0)}}))
     assert "bad" not in M.METHODS
+
+
+def test_erm_keeps_its_old_names_through_one_helper():
+    assert M.DEFAULT_METHOD == M.get_method("erm").name == "erm"
+    assert M.method_suffix("erm") == "" and M.method_suffix("erm", "/") == ""
+    assert M.method_suffix("groupdro") == "-groupdro" and M.method_suffix("jtt", "/") == "/jtt"

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from cxrstudy.tracking import keys
 from cxrstudy.train.config import config_from_params, with_method
-from cxrstudy.train.loop import build_method, identification_errors, prepare_data, train_model, train_groups
+from cxrstudy.train.loop import build_method, prepare_data, train_context, train_groups, train_model
 from test_train_evaluate import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,8 @@ def test_dfr_changes_only_the_head_of_the_erm_model(tmp_path):
 def test_jtt_upweights_exactly_the_identification_models_errors(tmp_path):
     cfg = _cfg(tmp_path, "jtt", jtt_lambda=7, jtt_steps=10)
     data = prepare_data(cfg, progress=False)
-    errors = identification_errors(cfg, data, 10, device=CPU, checkpoint_dir=tmp_path / "id", progress=False)
+    ctx = train_context(cfg, data, device=CPU, checkpoint_dir=tmp_path / "id", progress=False)
+    errors = build_method(cfg, data.pools).identification_errors(ctx)
     out = train_model(cfg, data, device=CPU, checkpoint_dir=tmp_path / "jtt", progress=False)
     w = out.method_state["example_weights"].numpy()
     y, _ = train_groups(data.pools)
@@ -147,8 +148,9 @@ def test_the_readme_example_method_is_one_class_that_trains(tmp_path, monkeypatc
     import torch.nn.functional as F
 
     import cxrstudy.train.methods as methods
+    import cxrstudy.train.registry as registry
 
-    monkeypatch.setattr(methods, "METHODS", dict(methods.METHODS))
+    monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
     code = re.search(r"```python\n(@register\nclass Focal.*?)```", (ROOT / "docs" / "GUIDE.md").read_text(), re.S).group(1)
     ns = {"register": methods.register, "Method": methods.Method, "HParam": methods.HParam, "F": F, "torch": torch}
     exec(code, ns)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cxrstudy.evaluate.metrics import evaluate_predictions
+from cxrstudy.train.groups import group_name
 
 R_VALUES = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -40,7 +41,7 @@ def balanced_cells(frame: pd.DataFrame, envs: tuple[str, str], seed: int = 0) ->
     cells = {(e, v): np.flatnonzero((env == e) & (y == v)) for e in envs for v in (0, 1)}
     n = min(len(c) for c in cells.values())
     if n == 0:
-        empty = [f"{e}/y={v}" for (e, v), c in cells.items() if len(c) == 0]
+        empty = [group_name(e, v) for (e, v), c in cells.items() if len(c) == 0]
         raise ValueError(f"correlation sets need every (hospital, label) cell; empty: {', '.join(empty)}")
     return {k: rng.permutation(c)[:n] for k, c in cells.items()}, n
 

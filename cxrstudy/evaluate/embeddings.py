@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cxrstudy.train.device import autocast, place_model
-from cxrstudy.train.loop import eval_batches, eval_set
+from cxrstudy.train.inference import eval_batches, eval_set
 
 
 @torch.no_grad()

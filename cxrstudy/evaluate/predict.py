@@ -17,7 +17,7 @@ from cxrstudy.errors import DataError
 from cxrstudy.evaluate.bootstrap import wga_bootstrap
 from cxrstudy.evaluate.metrics import evaluate_predictions, predict
 from cxrstudy.train.device import pick_device, place_model
-from cxrstudy.train.loop import eval_set, predict_scores
+from cxrstudy.train.inference import eval_set, predict_scores
 
 PREDICTION_COLUMNS = ["env", "subject_id", "y_true", "y_score", "y_pred"]
 

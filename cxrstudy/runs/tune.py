@@ -50,7 +50,7 @@ from cxrstudy.errors import CxrStudyError, DataError, UsageError
 from cxrstudy.labels import label_key
 from cxrstudy.params import as_choice, as_float, as_int, optional
 from cxrstudy.tracking import keys
-from cxrstudy.train.methods import default_hparams, get_method
+from cxrstudy.train.methods import default_hparams, get_method, search_space, suggest
 from cxrstudy.train.config import TRAIN_PARAMS, TrainConfig, config_from_params
 from cxrstudy.tune.storage import StorageSpec, open_storage, parse_storage
 
@@ -164,8 +164,7 @@ class SearchSpace:
         out["augment_strength"] = a.lo if a.fixed else trial.suggest_float("augment_strength", a.lo, a.hi)
         if self.method != "erm":
             searched = set(self.method_searched())
-            hps = {k: hp for k, hp in get_method(self.method).HPARAMS.items() if k in searched}
-            suggested = type("Only", (get_method(self.method),), {"HPARAMS": hps}).suggest(trial)
+            suggested = suggest(search_space(self.method, only=searched), trial)
             out["method_hparams"] = self.method_hparams(suggested)
         return out
 

@@ -14,7 +14,7 @@ from cxrstudy.labels import canonical_label, label_key
 from cxrstudy.params import as_bool, as_choice, as_float, as_int, given, optional
 from cxrstudy.train.balancing import BALANCE_MODES, parse_balance
 from cxrstudy.train.models import BACKBONES, normalise_pretrained
-from cxrstudy.train.methods import all_hparam_names, get_method, parse_hparams
+from cxrstudy.train.methods import DEFAULT_METHOD, all_hparam_names, get_method, method_suffix, parse_hparams
 from cxrstudy.train.presets import resolve_preset
 
 #: train's entry-point parameters; empty values take the preset's
@@ -34,7 +34,7 @@ TRAIN_PARAMS = {
     "eval_every": "",
     "patience": "",
     "augment_strength": "",
-    "method": "erm",
+    "method": DEFAULT_METHOD,
     **{name: "" for name in all_hparam_names()},
     "device": "auto",
     "force": "false",
@@ -76,7 +76,7 @@ class TrainConfig:
     #: 1 = the paper's augmentation (flip, rotation up to 10 degrees, crop area 0.75..1), 0 = none
     augment_strength: float = 1.0
     #: the training method (cxrstudy.train.methods); erm = the paper's plain cross-entropy
-    method: str = "erm"
+    method: str = DEFAULT_METHOD
     #: the method's hyperparameters, every one resolved (defaults filled), as sorted (name, value) pairs
     method_hparams: tuple = ()
 
@@ -138,7 +138,7 @@ class TrainConfig:
         with (config version 1). Such a run is reused only when the cache keys of the data it logged
         as inputs equal today's (``runs.train.find_trained``); otherwise the model is retrained.
         ``None`` for a method other than ERM: version 1 had no other."""
-        if self.method != "erm":
+        if self.method != DEFAULT_METHOD:
             return None
         d = self.to_dict()
         d.pop("preset")
@@ -161,7 +161,7 @@ class TrainConfig:
         names from before keep them and stay resolvable by those)."""
         name = (f"cxrstudy-{self.data.source}-{'-'.join(self.envs)}-{label_key(self.label)}-{self.balance}"
                 f"-d{self.data_fingerprint()[:DATA_NAME_DIGITS]}")
-        return name if self.method == "erm" else f"{name}-{self.method}"
+        return name + method_suffix(self.method)
 
 
 def config_from_params(raw: dict) -> TrainConfig:
@@ -217,7 +217,7 @@ def for_method(raw: dict, method: str) -> dict:
 def method_from_params(raw: dict) -> dict:
     """``method`` and ``method_hparams`` from raw parameters: a hyperparameter of another method,
     an unknown one or one out of its range is a one-line UsageError."""
-    method = get_method(raw.get("method", "erm") or "erm").name
+    method = get_method(raw.get("method", DEFAULT_METHOD) or DEFAULT_METHOD).name
     given = {k: raw[k] for k in all_hparam_names() if optional(raw.get(k, ""))}
     hp = parse_hparams(method, given)
     return {"method": method, "method_hparams": tuple(sorted(hp.items()))}

@@ -20,28 +20,19 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cxrstudy.data.loader import EqualShareBatches, HospitalPool, Prefetcher
 from cxrstudy.errors import DataError
-from cxrstudy.evaluate.metrics import evaluate_predictions, select_threshold
 from cxrstudy.train.augment import augment
 from cxrstudy.train.balancing import hospital_label_balance, prevalence, size_match
 from cxrstudy.train.config import TrainConfig
 from cxrstudy.train.device import autocast, place_model, prepare_input, reproducible
-from cxrstudy.train.methods import Method, balanced_group_indices, get_method
+from cxrstudy.train.groups import N_LABELS, group_ids, n_groups, train_groups
+from cxrstudy.train.inference import EvalSet, eval_set, pool_outputs, validate
+from cxrstudy.train.methods import DEFAULT_METHOD, Method, TrainContext, get_method
 from cxrstudy.train.models import BinaryClassifier, build_model
-
-
-@dataclass
-class EvalSet:
-    """Images of one or more hospitals' split, in a fixed order, with labels and identities."""
-
-    images: list  # per hospital: (memmap, slots)
-    frame: pd.DataFrame  # env, subject_id, y_true (row order = concatenated slots)
 
 
 @dataclass
@@ -95,17 +86,6 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
     return TrainData(pools=pools, val=val, counts=counts, entries=entries)
 
 
-def eval_set(entries: dict, label: str, keep: dict | None = None) -> EvalSet:
-    """An EvalSet over the given cache entries (hospital -> entry), optionally a subset of rows."""
-    images, frames = [], []
-    for e, entry in entries.items():
-        rows = entry.index if keep is None else entry.index.iloc[keep[e]]
-        images.append((entry.images(), rows["slot"].to_numpy()))
-        frames.append(pd.DataFrame({"env": e, "subject_id": rows["subject_id"].astype(str).to_numpy(),
-                                    "y_true": rows[label].to_numpy().astype(np.int64)}))
-    return EvalSet(images=images, frame=pd.concat(frames, ignore_index=True))
-
-
 def augment_kwargs(strength: float) -> dict | None:
     """:func:`augment`'s keyword arguments for augmentation strength ``s`` (``None``: no augmentation).
 
@@ -119,43 +99,6 @@ def augment_kwargs(strength: float) -> dict | None:
     r = (4 / 3) ** s
     return {"max_rotation": 10.0 * s, "scale": (max(0.1, 1.0 - 0.25 * s), 1.0), "ratio": (1 / r, r),
             "flip_p": 0.5 * min(s, 1.0)}
-
-
-def eval_batches(es: EvalSet, device: torch.device, batch_size: int = 256):
-    """``(k, x)`` for each batch of the eval set in frame order: ``k`` the batch's first row,
-    ``x`` the model input on ``device``. Images are read from the memmap one batch at a time."""
-    k = 0
-    for images, slots in es.images:
-        for i in range(0, len(slots), batch_size):
-            s = slots[i:i + batch_size]
-            yield k, prepare_input(torch.from_numpy(np.ascontiguousarray(images[s])).unsqueeze(1), device)
-            k += len(s)
-
-
-@torch.no_grad()
-def predict_scores(model: torch.nn.Module, es: EvalSet, device: torch.device, batch_size: int = 256,
-                   with_loss: bool = False):
-    """P(y=1) for every image of the eval set (and the mean cross-entropy if asked)."""
-    model.eval()
-    scores, losses = [], []
-    ys = torch.tensor(es.frame["y_true"].to_numpy(), dtype=torch.long)
-    for k, x in eval_batches(es, device, batch_size):
-        with autocast(device):
-            logits = model(x).float()
-        if with_loss:
-            losses.append(F.cross_entropy(logits, ys[k:k + len(x)].to(device), reduction="sum").item())
-        scores.append(torch.softmax(logits, 1)[:, 1].cpu())
-    out = torch.cat(scores).numpy().astype(np.float64) if scores else np.zeros(0)
-    return (out, sum(losses) / max(len(ys), 1)) if with_loss else out
-
-
-def validate(model, es: EvalSet, device) -> dict:
-    scores, loss = predict_scores(model, es, device, with_loss=True)
-    y = es.frame["y_true"].to_numpy()
-    thr, f1 = select_threshold(y, scores)
-    m = evaluate_predictions(es.frame.assign(y_score=scores), threshold=thr)
-    return {"loss": loss, "macro_f1": f1, "auroc": m["auroc"], "wga": m["wga"], "threshold": thr,
-            "pred_pos_rate": float(np.mean(scores >= thr)) if len(scores) else float("nan")}
 
 
 #: a model converged when it stopped early or kept a checkpoint at most this far to the step cap
@@ -172,9 +115,9 @@ class TrainOutcome:
     stopped_early: bool
     history: list
     images_per_s: float
-    method_state: dict = field(default_factory=dict)  # the method's state at the end (e.g. JTT's weights)
-    extra: dict = field(default_factory=dict)  # what a method's extra phase measured (jtt/*, dfr/*)
-    kept_val: dict | None = None  # validation metrics of the kept model when no history entry has them (DFR)
+    method_state: dict = field(default_factory=dict)  # the method's state at the end
+    extra: dict = field(default_factory=dict)  # what the method's own phases measured, under its names
+    kept_val: dict | None = None  # validation metrics of the kept model when no history entry has them
     #: wall seconds this process spent in each part of the loop (:data:`PHASES`); a resumed run counts its own part
     seconds: dict = field(default_factory=dict)
 
@@ -253,43 +196,14 @@ def discard_damaged_checkpoint(path: Path) -> str | None:
     return why
 
 
-def train_groups(pools: list[HospitalPool]) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and (hospital, label) group ids of every training example, pools concatenated in
-    slot order (the numbering of ``EqualShareBatches.rows``)."""
-    y = np.concatenate([p.labels for p in pools]).astype(np.int64)
-    env = np.concatenate([np.full(len(p.slots), i, dtype=np.int64) for i, p in enumerate(pools)])
-    return y, env * 2 + y
-
-
 def build_method(cfg: TrainConfig, pools: list[HospitalPool]) -> Method:
     """The configured method for these training pools. Group counts are per hospital (each
     group's share of its hospital), since every batch takes an equal share from each hospital."""
     _, group = train_groups(pools)
-    n_groups = 2 * len(pools)
-    counts = np.bincount(group, minlength=n_groups).astype(np.float64)
-    per_hospital = np.repeat([len(p.slots) for p in pools], 2).astype(np.float64)
-    return get_method(cfg.method)(cfg.hparams, n_groups, torch.from_numpy(counts / per_hospital))
-
-
-@torch.no_grad()
-def pool_outputs(model: BinaryClassifier, pools: list[HospitalPool], device: torch.device, *,
-                 rows: np.ndarray | None = None, what: str = "logits", batch_size: int = 256) -> torch.Tensor:
-    """The model's logits (or embeddings) for training examples ``rows`` (default: all), without
-    augmentation, in eval mode, in the order of ``rows``."""
-    model.eval()
-    sizes = [len(p.slots) for p in pools]
-    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    rows = np.arange(sum(sizes)) if rows is None else np.asarray(rows)
-    out = []
-    for k in range(0, len(rows), batch_size):
-        r = rows[k:k + batch_size]
-        pool_of = np.searchsorted(offsets, r, side="right") - 1
-        imgs = np.stack([pools[i].images[pools[i].slots[j - offsets[i]]] for i, j in zip(pool_of, r)])
-        x = prepare_input(torch.from_numpy(imgs).unsqueeze(1), device)
-        with autocast(device):
-            o = model.embed(x) if what == "embeddings" else model(x)
-        out.append(o.float().cpu())
-    return torch.cat(out) if out else torch.zeros(0)
+    n = n_groups(len(pools))
+    counts = np.bincount(group, minlength=n).astype(np.float64)
+    per_hospital = np.repeat([len(p.slots) for p in pools], N_LABELS).astype(np.float64)
+    return get_method(cfg.method)(cfg.hparams, n, torch.from_numpy(counts / per_hospital))
 
 
 def train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, checkpoint_dir: Path,
@@ -298,13 +212,37 @@ def train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, chec
                 progress: bool = True) -> TrainOutcome:
     """Train with ``cfg.method`` (or resume from ``checkpoint_dir/last.pt``); return the kept model.
 
-    JTT first trains an identification ERM model (its own checkpoints under ``identify/``) and
-    upweights the training examples it gets wrong; DFR refits the head of the kept ERM model on a
-    group-balanced set of training embeddings and chooses the threshold again on validation.
+    The method's hooks run around the training (:class:`~cxrstudy.train.methods.Method`):
+    ``before_training`` (a phase of its own, e.g. an identification model), the training with
+    its loss and ``example_weights``, then ``after_training`` (e.g. a refit head).
     """
     with reproducible(device):  # the same weights however many trainings run beside this one
         return _train_model(cfg, data, device=device, checkpoint_dir=checkpoint_dir, on_eval=on_eval,
                             on_checkpoint=on_checkpoint, progress=progress)
+
+
+def train_context(cfg: TrainConfig, data: TrainData, *, device: torch.device, checkpoint_dir: Path,
+                  progress: bool = True) -> TrainContext:
+    """What a method's hooks get from the loop for this training (``resuming`` when
+    ``checkpoint_dir/last.pt`` exists)."""
+    checkpoint_dir = Path(checkpoint_dir)
+    labels, groups = train_groups(data.pools)
+
+    def train_plain(*, checkpoint_dir: Path, desc: str, **fields) -> TrainOutcome:
+        plain = dataclasses.replace(cfg, method=DEFAULT_METHOD, method_hparams=(), **fields)
+        return _train(plain, data, build_method(plain, data.pools), device=device, checkpoint_dir=checkpoint_dir,
+                      progress=progress, desc=desc)
+
+    def load_model(state: dict) -> BinaryClassifier:
+        model = place_model(build_model(cfg.backbone, "none"), device)
+        model.load_state_dict(state)
+        return model
+
+    return TrainContext(cfg=cfg, data=data, device=device, checkpoint_dir=checkpoint_dir, progress=progress,
+                        resuming=(checkpoint_dir / "last.pt").is_file(), labels=labels, groups=groups,
+                        train_plain=train_plain, load_model=load_model,
+                        outputs=lambda model, **kw: pool_outputs(model, data.pools, device, **kw),
+                        validate=lambda model: validate(model, data.val, device))
 
 
 def _train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, checkpoint_dir: Path,
@@ -314,49 +252,12 @@ def _train_model(cfg: TrainConfig, data: TrainData, *, device: torch.device, che
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     method = build_method(cfg, data.pools)
-    extra = {}
-    if method.needs_identification and not (checkpoint_dir / "last.pt").is_file():
-        errors = identification_errors(cfg, data, method.identification_steps(), device=device,
-                                       checkpoint_dir=checkpoint_dir / "identify", progress=progress)
-        method.set_identification_errors(errors)
-        extra = {"jtt/n_errors": float(errors.sum()), "jtt/error_rate": float(errors.mean())}
+    ctx = train_context(cfg, data, device=device, checkpoint_dir=checkpoint_dir, progress=progress)
+    extra = method.before_training(ctx)
     out = _train(cfg, data, method, device=device, checkpoint_dir=checkpoint_dir, on_eval=on_eval,
                  on_checkpoint=on_checkpoint, progress=progress)
     out.extra.update(extra)
-    if method.retrains_head:
-        out = _retrain_head(cfg, data, method, out, device)
-    return out
-
-
-def identification_errors(cfg: TrainConfig, data: TrainData, steps: int, *, device: torch.device,
-                          checkpoint_dir: Path, progress: bool = True) -> np.ndarray:
-    """JTT's first phase: an ERM model trained for ``steps`` steps on the same batches; which
-    training examples (pools concatenated) it misclassifies."""
-    id_cfg = dataclasses.replace(cfg, method="erm", method_hparams=(), max_steps=int(steps), eval_every=int(steps))
-    first = _train(id_cfg, data, build_method(id_cfg, data.pools), device=device, checkpoint_dir=checkpoint_dir,
-                   progress=progress, desc="identify")
-    model = place_model(build_model(cfg.backbone, "none"), device)
-    model.load_state_dict(first.best_state)
-    y, _ = train_groups(data.pools)
-    pred = pool_outputs(model, data.pools, device).argmax(1).numpy()
-    return pred != y
-
-
-def _retrain_head(cfg: TrainConfig, data: TrainData, method: Method, out: TrainOutcome,
-                  device: torch.device) -> TrainOutcome:
-    """DFR's last phase (deterministic, so a resumed run repeats it exactly)."""
-    model = place_model(build_model(cfg.backbone, "none"), device)
-    model.load_state_dict(out.best_state)
-    y, group = train_groups(data.pools)
-    rows = balanced_group_indices(group, cfg.seed)
-    feats = pool_outputs(model, data.pools, device, rows=rows, what="embeddings")
-    method.retrain(model.head, feats.to(device), torch.from_numpy(y[rows]).to(device),
-                   torch.from_numpy(group[rows]).to(device), seed=cfg.seed)
-    m = validate(model, data.val, device)
-    extra = {**out.extra, "dfr/val_macro_f1_before": out.best_score, "dfr/n_balanced": float(len(rows))}
-    return dataclasses.replace(out, best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                               threshold=float(m["threshold"]), best_score=float(m["macro_f1"]), extra=extra,
-                               kept_val={"step": out.best_step, **{k: float(v) for k, v in m.items()}})
+    return method.after_training(ctx, out)
 
 
 def adam(params, *, lr: float, weight_decay: float) -> torch.optim.Adam:
@@ -412,7 +313,7 @@ def _train(cfg: TrainConfig, data: TrainData, method: Method, *, device: torch.d
     step = state["step"]
     stopped = state["bad_evals"] >= cfg.patience  # an early-stopped run that died before finishing stays stopped
     pin = device.type == "cuda"
-    weights = getattr(method, "example_weights", None)
+    weights = method.example_weights  # after the resume: the checkpoint may have restored them
     prefetch = Prefetcher(batches, step, pin=pin)
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"{desc} {'+'.join(cfg.envs)} {cfg.label}", unit="step",
                disable=not progress, dynamic_ncols=True)
@@ -433,7 +334,7 @@ def _train(cfg: TrainConfig, data: TrainData, method: Method, *, device: torch.d
             with autocast(device):
                 logits = model(x)
             y = y.to(device, non_blocking=True)
-            group = env.to(device, non_blocking=True) * 2 + y
+            group = group_ids(env.to(device, non_blocking=True), y)
             w = None if weights is None else weights[torch.from_numpy(batches.rows(step))].to(device)
             loss = method.loss(logits.float(), y, group, weight=w)
             opt.zero_grad(set_to_none=True)

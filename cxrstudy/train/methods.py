@@ -1,15 +1,16 @@
 """Training methods for worst-group robustness: ERM, group reweighting, GroupDRO, JTT and DFR.
 
-A *method* decides how a training batch becomes a loss (and, for JTT and DFR, adds one extra
-phase). Each is one small class, looked up by name, whose hyperparameters keep their default
-and their search range side by side (``HPARAMS``), as in DomainBed's ``algorithms.py`` and
-``hparams_registry.py``; as in SubpopBench, a new method usually overrides only ``loss``.
+A *method* decides how a training batch becomes a loss (and, for JTT and DFR, adds a phase of
+its own before or after the training). Each is one small class, looked up by name, whose
+hyperparameters keep their default and their search range side by side (``HPARAMS``), as in
+DomainBed's ``algorithms.py`` and ``hparams_registry.py``; as in SubpopBench, a new method
+usually overrides only ``loss``.
 
 Conventions shared with the training loop
 -----------------------------------------
 * A batch gives images, labels ``y`` (0/1) and ``env``, the hospital's index ``0..k-1`` within
-  the run's training hospitals. A (hospital, label) *group* is ``env * 2 + y`` (``group_ids``);
-  a run with ``k`` hospitals has ``n_groups = 2 * k``.
+  the run's training hospitals. A (hospital, label) *group* is defined once, in
+  :mod:`cxrstudy.train.groups` (``group_ids``); a run with ``k`` hospitals has ``2 * k``.
 * ``group_counts`` (length ``n_groups``) counts the TRAINING split's examples per group
   (``group_counts_of``). Validation data never reaches a method, so thresholds and model
   selection on the validation split stay honest.
@@ -17,22 +18,30 @@ Conventions shared with the training loop
   group weights ``q`` on every call. Logits are ``(N, 2)``, as for cross-entropy.
 * ``state_dict()`` holds tensors only (``torch.load(..., weights_only=True)`` reads it back);
   saved with the model and optimiser it makes a resumed run continue exactly.
-* Optional phases, announced by two flags:
-  - ``needs_identification`` (JTT): first train an ERM model for ``identification_steps()``
-    optimiser steps, mark which TRAINING examples it misclassifies, pass that boolean array to
-    ``set_identification_errors`` and train a fresh model, giving each example's loss the
-    weight from ``example_weights`` (``weight=`` argument of ``loss``).
-  - ``retrains_head`` (DFR): after ordinary ERM training, embed the TRAINING split with the
-    model in eval mode and call ``retrain(model.head, features, y, group, seed=...)``; only the
-    head changes. To save time the loop may embed only the rows ``balanced_group_indices(group,
-    seed)`` selects: ``retrain_head`` balances again, which is then a no-op.
+* Hooks the loop calls for every method, in this order (the loop knows no method by name):
+  - ``before_training(ctx) -> dict``: a phase of the method's own before the training (JTT
+    trains an ERM model for ``jtt_steps`` steps through ``ctx.train_plain`` and keeps which
+    TRAINING examples it misclassifies). It returns metrics under the method's own names
+    (``"jtt/..."``). When ``ctx.resuming``, the checkpoint's method state (``load_state_dict``)
+    already holds what the phase computed, and a method skips it.
+  - ``example_weights``: per-example loss weights in training-row order, or None (most
+    methods); read after a resume and passed to ``loss`` as ``weight=``.
+  - ``after_training(ctx, outcome) -> outcome``: a phase after the training (DFR refits the
+    kept model's head on a group-balanced subset of the TRAINING embeddings and chooses the
+    threshold again on validation); it adds its metrics to ``outcome.extra``. It must be
+    deterministic, since a resumed run repeats it.
+  ``ctx`` is a :class:`TrainContext`: the run's config and data, the device, the checkpoint
+  folder, and what a phase needs from the loop (a plain ERM training, a model from weights,
+  outputs on the training examples, validation).
 
 Adding a method
 ---------------
 Write one class (``@register``, a ``name``, its ``HPARAMS`` -- every key prefixed with
-``<name>_`` -- and a ``loss``; keep per-run state in tensors returned by ``state_dict``) and add
-tests in ``tests/test_methods.py`` checking its loss against a value computed by hand on a tiny
-batch. ``parse_hparams``, ``default_hparams``, ``suggest`` and ``method_names`` pick it up.
+``<name>_`` -- and a ``loss``; keep per-run state in tensors returned by ``state_dict``; a
+phase of its own is a hook) and add tests in
+``tests/test_methods.py`` checking its loss against a value computed by hand on a tiny batch.
+The registry (:mod:`cxrstudy.train.registry`) and the hyperparameters' parsing and search
+space (:mod:`cxrstudy.train.hparams`) pick it up; nothing in the training loop changes.
 
 The paper's data-side hospital-label balancing (parameter ``balance``, ``cxrstudy.train.
 balancing``) resamples the training and validation splits before training; it is separate from
@@ -41,89 +50,38 @@ the method and combines with any of them.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cxrstudy.errors import DataError, UsageError
+from cxrstudy.errors import DataError
+from cxrstudy.train.groups import group_counts_of, group_ids
+from cxrstudy.train.hparams import (HParam, all_hparam_names, default_hparams, parse_for, parse_hparams,
+                                    parse_method_list, search_space, suggest)
+from cxrstudy.train.registry import DEFAULT_METHOD, METHODS, get_method, method_names, method_suffix, register
 
 __all__ = [
-    "HParam", "Method", "METHODS", "register", "method_names", "get_method", "make_method",
-    "parse_hparams", "default_hparams", "all_hparam_names", "group_ids", "group_counts_of",
+    # the registry and the hyperparameters (cxrstudy.train.registry, cxrstudy.train.hparams), re-exported
+    # here: importing them from this module registers the built-in methods first
+    "HParam", "METHODS", "DEFAULT_METHOD", "register", "method_names", "get_method", "method_suffix",
+    "parse_hparams", "parse_method_list", "default_hparams", "all_hparam_names", "search_space", "suggest",
+    # the group definition (cxrstudy.train.groups), which the losses use
+    "group_ids", "group_counts_of",
+    # this module's own
+    "Method", "TrainContext", "make_method",
     "jtt_example_weights", "balanced_group_indices", "retrain_head",
     "ERM", "Reweight", "GroupDRO", "JTT", "DFR",
 ]
 
 
 # --------------------------------------------------------------------------------------------
-# Hyperparameters
-
-
-@dataclass(frozen=True)
-class HParam:
-    """One hyperparameter: its default and its search range ``[low, high]`` (inclusive)."""
-
-    default: float | int
-    low: float | int
-    high: float | int
-    log: bool = False
-    kind: str = "float"  # "float" or "int"
-    help: str = ""
-
-    def __post_init__(self):
-        if self.kind not in ("float", "int"):
-            raise ValueError(f"HParam kind {self.kind!r}; expected 'float' or 'int'")
-        if not self.low <= self.default <= self.high:
-            raise ValueError(f"HParam default {self.default} outside {self.low}..{self.high}")
-        if self.log and self.low <= 0:
-            raise ValueError(f"HParam on a log scale needs low > 0, got {self.low}")
-        if self.kind == "int" and not all(float(v).is_integer() for v in (self.default, self.low, self.high)):
-            raise ValueError("an int HParam needs integer default, low and high")
-
-    def expected(self) -> str:
-        scale = ", log scale" if self.log else ""
-        return f"{'an integer' if self.kind == 'int' else 'a number'} in {self.low:g}..{self.high:g}{scale}"
-
-    def parse(self, name: str, value) -> float | int:
-        """``value`` (a string, or already a number) checked against kind and range."""
-        if isinstance(value, bool):
-            raise UsageError(f"parameter {name}={value!r} is not a number; expected {self.expected()}")
-        text = str(value).strip()
-        try:
-            v = float(text)
-        except ValueError:
-            raise UsageError(f"parameter {name}={value!r} is not a number; expected {self.expected()}") from None
-        if not math.isfinite(v):
-            raise UsageError(f"parameter {name}={value!r} is not a finite number; expected {self.expected()}")
-        if self.kind == "int":
-            if not v.is_integer():
-                raise UsageError(f"parameter {name}={value!r} is not an integer; expected {self.expected()}")
-            v = int(v)
-        if not self.low <= v <= self.high:
-            raise UsageError(f"parameter {name}={value!r} is out of range; expected {self.expected()}")
-        return v
-
-
-# --------------------------------------------------------------------------------------------
-# Group helpers
-
-
-def group_ids(env: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(hospital, label) group id of each example: ``env * 2 + y``."""
-    return env.long() * 2 + y.long()
-
-
-def group_counts_of(group, n_groups: int) -> torch.Tensor:
-    """How many examples fall in each group ``0..n_groups-1`` (float tensor)."""
-    g = torch.as_tensor(np.asarray(group), dtype=torch.long).reshape(-1)
-    if len(g) and (int(g.min()) < 0 or int(g.max()) >= n_groups):
-        raise ValueError(f"group ids must lie in 0..{n_groups - 1}")
-    return torch.bincount(g, minlength=n_groups).to(torch.float32)
+# Losses
 
 
 def _per_example_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -138,88 +96,7 @@ def _weighted_mean(losses: torch.Tensor, weight: torch.Tensor | None) -> torch.T
 
 
 # --------------------------------------------------------------------------------------------
-# Registry
-
-METHODS: dict[str, type[Method]] = {}
-
-
-def register(cls):
-    """Class decorator: add a :class:`Method` subclass to ``METHODS`` under ``cls.name``."""
-    name = cls.name
-    if not name or name != name.lower() or not name.isidentifier():
-        raise ValueError(f"method name {name!r} must be a lower-case identifier")
-    if name in METHODS and METHODS[name] is not cls:
-        raise ValueError(f"method {name!r} is already registered")
-    for key in cls.HPARAMS:
-        if not key.startswith(name + "_"):
-            raise ValueError(f"hyperparameter {key!r} of method {name!r} must start with {name + '_'!r}")
-    METHODS[name] = cls
-    return cls
-
-
-def method_names() -> list[str]:
-    return list(METHODS)
-
-
-def get_method(name: str) -> type[Method]:
-    """The class registered as ``name`` (case and surrounding spaces ignored)."""
-    key = str(name).strip().lower()
-    if key not in METHODS:
-        raise UsageError(f"unknown method {name!r}; expected one of: {', '.join(METHODS)}")
-    return METHODS[key]
-
-
-def all_hparam_names() -> dict[str, str]:
-    """Every registered hyperparameter name -> the method it belongs to."""
-    return {k: m for m, cls in METHODS.items() for k in cls.HPARAMS}
-
-
-def default_hparams(name: str) -> dict[str, float | int]:
-    return {k: hp.default for k, hp in get_method(name).HPARAMS.items()}
-
-
-def parse_hparams(method_name: str, raw: dict[str, Any] | None) -> dict[str, float | int]:
-    """All hyperparameters of ``method_name``: given ones parsed and range-checked, others default.
-
-    ``raw`` maps names to strings (as MLflow passes them) or numbers; a value of ``None`` or
-    ``""`` means "not given". A given hyperparameter of another method, or one no method has,
-    is a :class:`UsageError`.
-    """
-    return _parse_for(get_method(method_name), raw)
-
-
-def _parse_for(cls: type[Method], raw: dict[str, Any] | None) -> dict[str, float | int]:
-    out = {k: hp.default for k, hp in cls.HPARAMS.items()}
-    owners = all_hparam_names()
-    for key, value in (raw or {}).items():
-        if value is None or (isinstance(value, str) and not value.strip()):
-            continue
-        if key in cls.HPARAMS:
-            out[key] = cls.HPARAMS[key].parse(key, value)
-            continue
-        takes = ", ".join(cls.HPARAMS) or "no hyperparameters"
-        if key in owners:
-            raise UsageError(f"parameter {key}={value!r} belongs to method {owners[key]}, not {cls.name}; "
-                             f"method {cls.name} takes: {takes}")
-        raise UsageError(f"unknown hyperparameter {key}={value!r}; method {cls.name} takes: {takes}")
-    return out
-
-
-def parse_method_list(value: str, given: dict[str, Any] | None = None) -> list[str]:
-    """``"erm,groupdro"`` -> ``["erm", "groupdro"]`` (checked, duplicates dropped). A hyperparameter
-    in ``given`` (non-empty values) that belongs to none of the listed methods is a UsageError."""
-    methods = []
-    for part in str(value).split(","):
-        if part.strip() and get_method(part).name not in methods:
-            methods.append(get_method(part).name)
-    if not methods:
-        raise UsageError(f"parameter methods={value!r} is empty; expected some of: {', '.join(METHODS)}")
-    owners = all_hparam_names()
-    for key, v in (given or {}).items():
-        if key in owners and owners[key] not in methods and v not in (None, ""):
-            raise UsageError(f"parameter {key}={v!r} belongs to method {owners[key]}, which is not in "
-                             f"methods={','.join(methods)}")
-    return methods
+# Construction
 
 
 def make_method(name: str, raw: dict[str, Any] | None = None, *, n_groups: int,
@@ -232,18 +109,46 @@ def make_method(name: str, raw: dict[str, Any] | None = None, *, n_groups: int,
 # Base class
 
 
+@dataclass
+class TrainContext:
+    """What the training loop hands a method's hooks."""
+
+    cfg: Any  #: the run's TrainConfig
+    data: Any  #: its TrainData (the training pools and the validation set)
+    device: torch.device
+    checkpoint_dir: Path  #: the run's checkpoint folder; a phase keeps its own checkpoints in a subfolder
+    progress: bool
+    #: the training resumes from ``checkpoint_dir/last.pt``: the method state saved there holds what
+    #: ``before_training`` computed
+    resuming: bool
+    #: the label and the group id of every training example, in training-row order
+    labels: np.ndarray
+    groups: np.ndarray
+    #: ``train_plain(checkpoint_dir=..., desc=..., **cfg_fields)``: a plain ERM training on the same
+    #: batches with some of the config's fields replaced (``max_steps=``, ``eval_every=``); its outcome
+    train_plain: Callable[..., Any]
+    #: ``load_model(state)``: a model of the run's backbone holding ``state``, on the device
+    load_model: Callable[[dict], nn.Module]
+    #: ``outputs(model, rows=None, what="logits" | "embeddings")``: on training examples ``rows``, in eval mode
+    outputs: Callable[..., torch.Tensor]
+    #: ``validate(model)``: validation metrics, the threshold chosen on validation among them
+    validate: Callable[[nn.Module], dict]
+
+
 class Method:
-    """A training method: a loss over a batch plus optional state and phases (see module doc)."""
+    """A training method: a loss over a batch, its state, and hooks around the training (see module doc)."""
 
     name: ClassVar[str] = ""
+    #: one line for the docs' table of methods (docs/GUIDE.md, generated: ``python -m cxrstudy.tools.method_table``)
+    description: ClassVar[str] = ""
     HPARAMS: ClassVar[dict[str, HParam]] = {}
-    needs_identification: ClassVar[bool] = False  # JTT-style first phase
-    retrains_head: ClassVar[bool] = False  # DFR-style last phase
+    #: per-example loss weights in training-row order (None: every example weighs 1)
+    example_weights: torch.Tensor | None = None
 
     def __init__(self, hparams: dict | None, n_groups: int, group_counts: torch.Tensor | None = None):
         if int(n_groups) < 1:
             raise ValueError(f"n_groups must be >= 1, got {n_groups}")
-        self.hparams = _parse_for(type(self), hparams)
+        self.hparams = parse_for(type(self), hparams)
         self.n_groups = int(n_groups)
         self.group_counts = None
         if group_counts is not None:
@@ -256,16 +161,8 @@ class Method:
 
     @classmethod
     def suggest(cls, trial) -> dict[str, float | int]:
-        """Ask an Optuna-like ``trial`` for every hyperparameter (a fixed range is not asked)."""
-        out = {}
-        for key, hp in cls.HPARAMS.items():
-            if hp.low == hp.high:
-                out[key] = hp.default
-            elif hp.kind == "int":
-                out[key] = int(trial.suggest_int(key, int(hp.low), int(hp.high), log=hp.log))
-            else:
-                out[key] = float(trial.suggest_float(key, float(hp.low), float(hp.high), log=hp.log))
-        return out
+        """Ask an Optuna-like ``trial`` for every hyperparameter (:func:`~cxrstudy.train.hparams.suggest`)."""
+        return suggest(cls.HPARAMS, trial)
 
     def loss(self, logits: torch.Tensor, y: torch.Tensor, group: torch.Tensor,
              weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -291,17 +188,15 @@ class Method:
     def _load(self, state: dict[str, torch.Tensor]) -> None:
         pass
 
-    # ---- optional phases
-    def identification_steps(self) -> int:
-        """Optimiser steps of the identification ERM run (0: no such phase)."""
-        return 0
+    # ---- hooks around the training (the loop calls them for every method)
+    def before_training(self, ctx: TrainContext) -> dict[str, float]:
+        """A phase before the training; returns its metrics (named ``<name>/...``). None by default."""
+        return {}
 
-    def set_identification_errors(self, errors) -> np.ndarray:
-        raise NotImplementedError(f"method {self.name} has no identification phase")
-
-    def retrain(self, head: nn.Linear, features: torch.Tensor, y: torch.Tensor, group: torch.Tensor,
-                *, seed: int) -> None:
-        raise NotImplementedError(f"method {self.name} does not retrain the head")
+    def after_training(self, ctx: TrainContext, outcome):
+        """A phase after the training: returns the outcome to keep (its ``extra`` holding the
+        phase's metrics). The training's own outcome by default."""
+        return outcome
 
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v:g}" for k, v in self.hparams.items())
@@ -323,7 +218,8 @@ def _check_groups(group: torch.Tensor, n_groups: int) -> torch.Tensor:
 class ERM(Method):
     """Empirical risk minimisation: mean cross-entropy."""
 
-    name = "erm"
+    name = DEFAULT_METHOD
+    description = "mean cross-entropy (the paper)"
 
 
 @register
@@ -335,6 +231,8 @@ class Reweight(Method):
     """
 
     name = "reweight"
+    description = ("each example's loss weighted by the inverse frequency of its (hospital, label) group "
+                   "in the train split")
 
     def __init__(self, hparams, n_groups, group_counts=None):
         super().__init__(hparams, n_groups, group_counts)
@@ -363,6 +261,7 @@ class GroupDRO(Method):
     """
 
     name = "groupdro"
+    description = "online GroupDRO over the (hospital, label) groups (Sagawa et al., 2020)"
     HPARAMS = {"groupdro_eta": HParam(0.01, 1e-3, 1.0, log=True, help="step size of the group weights q")}
 
     def __init__(self, hparams, n_groups, group_counts=None):
@@ -418,7 +317,8 @@ class JTT(Method):
     """
 
     name = "jtt"
-    needs_identification = True
+    description = ("just train twice (Liu et al., 2021): an ERM model trained for `jtt_steps` steps, then a "
+                   "fresh model with its misclassified train examples upweighted by `jtt_lambda`")
     HPARAMS = {
         "jtt_lambda": HParam(20.0, 1.0, 100.0, log=True, help="loss weight of examples the identification model misclassified"),
         "jtt_steps": HParam(200, 10, 2000, log=True, kind="int",
@@ -430,7 +330,25 @@ class JTT(Method):
         self.example_weights: torch.Tensor | None = None  # set after identification
 
     def identification_steps(self) -> int:
+        """Optimiser steps of the identification ERM run."""
         return int(self.hparams["jtt_steps"])
+
+    def before_training(self, ctx):
+        if ctx.resuming:  # the checkpoint's method state holds the weights
+            return {}
+        errors = self.identification_errors(ctx)
+        self.set_identification_errors(errors)
+        return {"jtt/n_errors": float(errors.sum()), "jtt/error_rate": float(errors.mean())}
+
+    def identification_errors(self, ctx) -> np.ndarray:
+        """Phase 1: an ERM model trained for ``jtt_steps`` steps on the same batches (its own
+        checkpoints under ``identify/``); which training examples it misclassifies."""
+        steps = self.identification_steps()
+        first = ctx.train_plain(checkpoint_dir=ctx.checkpoint_dir / "identify", desc="identify",
+                                max_steps=steps, eval_every=steps)
+        model = ctx.load_model(first.best_state)
+        pred = ctx.outputs(model).argmax(1).numpy()
+        return pred != ctx.labels
 
     def set_identification_errors(self, errors) -> np.ndarray:
         """Store (and return) the per-example weights of the final run, in training-row order."""
@@ -517,12 +435,31 @@ class DFR(Method):
     """
 
     name = "dfr"
-    retrains_head = True
+    description = ("deep feature reweighting (Kirichenko et al., 2022): after ERM, only the head is refit on "
+                   "a group-balanced subset of the train split's embeddings; val stays untouched for the "
+                   "threshold and model selection")
     HPARAMS = {
         "dfr_l2": HParam(1e-2, 1e-5, 10.0, log=True, help="L2 penalty on the refitted head's weights (standardised features)"),
         "dfr_steps": HParam(100, 10, 1000, log=True, kind="int", help="L-BFGS iterations of the head refit"),
     }
 
-    def retrain(self, head, features, y, group, *, seed):
+    def retrain(self, head: nn.Linear, features: torch.Tensor, y: torch.Tensor, group: torch.Tensor, *,
+                seed: int) -> None:
+        """Refit ``head`` in place (:func:`retrain_head` with this method's ``dfr_l2`` and ``dfr_steps``)."""
         retrain_head(head, features, y, group, l2=float(self.hparams["dfr_l2"]),
                      steps=int(self.hparams["dfr_steps"]), seed=seed)
+
+    def after_training(self, ctx, outcome):
+        """Refit the kept model's head on a group-balanced subset of the training embeddings
+        (only those rows are embedded: ``retrain_head`` balances again, a no-op), then choose
+        the threshold again on validation. Deterministic, so a resumed run repeats it exactly."""
+        model = ctx.load_model(outcome.best_state)
+        rows = balanced_group_indices(ctx.groups, ctx.cfg.seed)
+        feats = ctx.outputs(model, rows=rows, what="embeddings")
+        self.retrain(model.head, feats.to(ctx.device), torch.from_numpy(ctx.labels[rows]).to(ctx.device),
+                     torch.from_numpy(ctx.groups[rows]).to(ctx.device), seed=ctx.cfg.seed)
+        m = ctx.validate(model)
+        extra = {**outcome.extra, "dfr/val_macro_f1_before": outcome.best_score, "dfr/n_balanced": float(len(rows))}
+        return dataclasses.replace(outcome, best_state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                                   threshold=float(m["threshold"]), best_score=float(m["macro_f1"]), extra=extra,
+                                   kept_val={"step": outcome.best_step, **{k: float(v) for k, v in m.items()}})
