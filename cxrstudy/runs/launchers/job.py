@@ -22,11 +22,9 @@ import argparse
 import getpass
 import os
 import sys
-from pathlib import Path
 
+from cxrstudy.runs.launchers.common import ROOT
 from cxrstudy.tracking import keys
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def task_key(environ=None) -> str:

@@ -30,32 +30,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cxrstudy.errors import DataError, UsageError
-from cxrstudy.runs.train import find_trained, run_training
+from cxrstudy.runs.launchers.common import ROOT, cell_name, http_retry_env, pending
+from cxrstudy.runs.train import run_training
 from cxrstudy.tracking import keys
 from cxrstudy.train.config import TrainConfig, config_to_params
 from cxrstudy.train.device import TRAIN_THREADS
-
-ROOT = Path(__file__).resolve().parents[3]
-
-#: HTTP retry settings for workers talking to a tracking server (a user's own values win):
-#: 10 retries with exponential backoff (capped at 120 s each) ride out a server restart of
-#: several minutes; retried requests are safe because runs are created idempotently
-#: (see :mod:`cxrstudy.runs.launchers.job`).
-HTTP_RETRY_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "10",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
-}
-
-
-def http_retry_env(environ=None) -> dict:
-    environ = os.environ if environ is None else environ
-    return {k: environ.get(k, v) for k, v in HTTP_RETRY_ENV.items()}
-
-
-def pending(cells: list[TrainConfig]) -> list[TrainConfig]:
-    return [c for c in cells if find_trained(c) is None]
 
 
 def mark_orphans_failed(cfg: TrainConfig, extra_filter: str = "", *, status: str = "FAILED",
@@ -273,9 +252,6 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
         raise DataError(f"{len(failed)} of {len(todo)} training cells failed; their logs: "
                         + ", ".join(str(f[2]) for f in failed[:5]) + "; run again to retry them")
 
-
-def cell_name(cfg: TrainConfig) -> str:
-    return f"{'+'.join(cfg.envs)}/{cfg.label}/{cfg.balance}/s{cfg.seed}"
 
 
 def run_local(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str | None = None,
