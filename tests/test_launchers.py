@@ -166,7 +166,7 @@ def fake_slurm(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{d}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_DIR", str(d))
     monkeypatch.setattr(slurm, "adoptable", lambda cells, active: {})
-    monkeypatch.setattr(slurm, "mark_job_runs_failed", lambda key: 0)
+    monkeypatch.setattr(slurm, "mark_orphans_failed", lambda *a, **k: [])
     return d
 
 
@@ -261,3 +261,35 @@ def test_without_gpus_auto_is_one_worker_per_core_and_cuda_is_left_alone(monkeyp
     assert local.resolve_workers("auto") == 1 and "CUDA_VISIBLE_DEVICES" not in local.worker_env(1, 2, "x", "0")
     with pytest.raises(UsageError):
         local.resolve_workers("many")
+
+
+# ------------------------------------------------------------------------ runs left by a dead worker
+
+def test_orphaned_runs_are_ended_by_one_function_for_both_launchers(store):
+    """local (a dead worker's cell), slurm (a dead task) and train (a stale run) end the RUNNING runs
+    of one tag value in any experiment, sparing kept, finished and other runs."""
+    from mlflow.tracking import MlflowClient
+
+    from cxrstudy.tracking import keys
+    from cxrstudy.tracking.runs import mark_orphans_failed
+
+    client = MlflowClient()
+    other_exp = client.create_experiment("elsewhere")
+
+    def make(exp, value, status="RUNNING"):
+        rid = client.create_run(exp, tags={keys.SLURM_JOB_TAG: value}).info.run_id
+        if status != "RUNNING":
+            client.set_terminated(rid, status)
+        return rid
+
+    dead, dead_elsewhere, kept = make("0", "7_1"), make(other_exp, "7_1"), make("0", "7_1")
+    finished, other_task = make("0", "7_1", "FINISHED"), make("0", "7_2")
+    ended = mark_orphans_failed(keys.SLURM_JOB_TAG, "7_1", keep={kept}, reason="its task died")
+    assert sorted(ended) == sorted([dead, dead_elsewhere])
+    status = {rid: client.get_run(rid).info.status for rid in (dead, dead_elsewhere, kept, finished, other_task)}
+    assert status == {dead: "FAILED", dead_elsewhere: "FAILED", kept: "RUNNING", finished: "FINISHED",
+                      other_task: "RUNNING"}
+    assert client.get_run(dead).data.tags[keys.FAILED_REASON_TAG] == "its task died"
+    assert mark_orphans_failed(keys.SLURM_JOB_TAG, "7_2", status="KILLED") == [other_task]
+    assert client.get_run(other_task).info.status == "KILLED"
+    assert keys.FAILED_REASON_TAG not in client.get_run(other_task).data.tags

@@ -33,24 +33,9 @@ from cxrstudy.errors import DataError, UsageError
 from cxrstudy.runs.launchers.common import ROOT, cell_name, http_retry_env, pending
 from cxrstudy.runs.train import run_training
 from cxrstudy.tracking import keys
+from cxrstudy.tracking.runs import mark_orphans_failed
 from cxrstudy.train.config import TrainConfig, config_to_params
 from cxrstudy.train.device import TRAIN_THREADS
-
-
-def mark_orphans_failed(cfg: TrainConfig, extra_filter: str = "", *, status: str = "FAILED",
-                        reason: str | None = None) -> None:
-    """A worker that died (killed, out of memory) cannot end its run: mark it FAILED (or ``status``)
-    for it, with ``reason`` in tag FAILED_REASON_TAG when given."""
-    from mlflow.tracking import MlflowClient
-
-    from cxrstudy.runs.train import search_training_runs
-
-    client = MlflowClient()
-    for run in search_training_runs(f"tags.`{keys.CONFIG_HASH_TAG}` = '{cfg.content_hash()}' and attributes.status = 'RUNNING'"
-                                    + extra_filter):
-        if reason:
-            client.set_tag(run.info.run_id, keys.FAILED_REASON_TAG, reason)
-        client.set_terminated(run.info.run_id, status)
 
 
 #: how long an interrupted worker may take to end its run KILLED before it is killed
@@ -222,7 +207,8 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
             mine = f" and tags.`mlflow.parentRunId` = '{parent_run_id}'" if parent_run_id else ""
             for cfg, _ in running:
                 try:
-                    mark_orphans_failed(cfg, mine, status="KILLED", reason="interrupted: the study was stopped")
+                    mark_orphans_failed(keys.CONFIG_HASH_TAG, cfg.content_hash(), also=mine, status="KILLED",
+                                        reason="interrupted: the study was stopped")
                 except Exception as e:  # the store is unreachable: say so, do not hide the interrupt
                     print(f"warning: could not mark the run of {cell_name(cfg)} KILLED: {str(e).splitlines()[0]}",
                           file=sys.stderr)
@@ -238,7 +224,7 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
                 cfg, rc, log = fut.result()
                 if rc != 0:
                     failed.append((cfg, rc, log))
-                    mark_orphans_failed(cfg)
+                    mark_orphans_failed(keys.CONFIG_HASH_TAG, cfg.content_hash())
                     tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
                     print(f"cell {cell_name(cfg)} failed (exit {rc}): {tail[0] if tail else ''} [log: {log}]",
                           file=sys.stderr)

@@ -25,6 +25,7 @@ from cxrstudy.runs.launchers.slurm_commands import active_tasks, check_slurm, fi
 from cxrstudy.runs.launchers.slurm_options import SlurmOptions
 from cxrstudy.runs.launchers.slurm_script import render_script
 from cxrstudy.tracking import keys
+from cxrstudy.tracking.runs import mark_orphans_failed, search_all_experiments
 from cxrstudy.train.config import TrainConfig
 
 
@@ -36,30 +37,12 @@ def check_tracking_uri(uri: str) -> None:
             "MLFLOW_TRACKING_URI=http://<host>:<port>")
 
 
-def _runs_of_job(key: str, status: str = "RUNNING"):
-    from cxrstudy.runs.train import search_training_runs
-
-    return search_training_runs(f"tags.`{keys.SLURM_JOB_TAG}` = '{key}' and attributes.status = '{status}'")
-
-
-def mark_job_runs_failed(key: str) -> int:
-    """A task that was cancelled, timed out or died cannot end its run: mark it FAILED for it."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    runs = _runs_of_job(key)
-    for run in runs:
-        client.set_terminated(run.info.run_id, "FAILED")
-    return len(runs)
-
-
 def adoptable(cells: list[TrainConfig], active: dict[str, str]) -> dict[str, TrainConfig]:
     """Cells whose run, from an earlier ``main``, belongs to a task still in the queue."""
-    from cxrstudy.runs.train import search_training_runs
-
     out = {}
     for cfg in cells:
-        for run in search_training_runs(f"tags.`{keys.CELL_HASH_TAG}` = '{cfg.content_hash()}' and attributes.status = 'RUNNING'"):
+        for run in search_all_experiments(f"tags.`{keys.CELL_HASH_TAG}` = '{cfg.content_hash()}' "
+                                          "and attributes.status = 'RUNNING'"):
             key = run.data.tags.get(keys.SLURM_JOB_TAG)
             if key and key in active:
                 out[key] = cfg
@@ -130,7 +113,7 @@ def run_slurm(cells: list[TrainConfig], opts: SlurmOptions, *, parent_run_id: st
                     print(f"slurm: [{done}/{total}] cell {cell_name(cfg)} FINISHED (job {key}, {state})",
                           file=sys.stderr, flush=True)
                     continue
-                mark_job_runs_failed(key)
+                mark_orphans_failed(keys.SLURM_JOB_TAG, key)  # a task cancelled, timed out or dead
                 n = submitted.get(cfg.content_hash(), 0)
                 again = n < 1 + opts.max_retries
                 print(f"slurm: cell {cell_name(cfg)} did not finish (job {key}: {state}"
@@ -147,7 +130,7 @@ def run_slurm(cells: list[TrainConfig], opts: SlurmOptions, *, parent_run_id: st
         print(f"slurm: interrupted; cancelling {len(watched)} job task(s)", file=sys.stderr)
         scancel(sorted(watched))
         for key in watched:
-            mark_job_runs_failed(key)
+            mark_orphans_failed(keys.SLURM_JOB_TAG, key)
         raise
     if failed_final:
         raise DataError(f"{len(failed_final)} of {total} training cells failed on Slurm: "
