@@ -3,7 +3,6 @@ retries, and two processes sharing one study through a journal file and one MLfl
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from cxrstudy.tune.storage import STORAGE_ENV, HeartbeatJournalStorage, parse_st
 from cxrstudy.runs.tune import run_tune
 from cxrstudy.runs.tune_worker import StudyWorker
 from cxrstudy.tune.settings import TUNE_PARAMS, tune_from_params
+from test_train_concurrency import run_at_once
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"envs": "cxp,nih", "label": "Any", "preset": "cpu", "image_size": "32", "synthetic_patients": "200",
@@ -336,11 +336,7 @@ def test_two_processes_share_one_study(store, tmp_path):
         cmd += [f"--{k}", v]
     with local_server(store, tmp_path / "mlartifacts") as url:
         env = {**os.environ, "MLFLOW_TRACKING_URI": url, "OMP_NUM_THREADS": "1"}
-        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for _ in range(2)]
-        logs = [p.communicate(timeout=300)[0] for p in procs]
-        for p, log in zip(procs, logs):
-            assert p.returncode == 0, log[-3000:]
+        logs = run_at_once([cmd, cmd], env, timeout=300)
         assert "database is locked" not in "".join(logs)
         client = MlflowClient(tracking_uri=url)
         s = settings(store, **{k: v for k, v in args.items() if k in TUNE_PARAMS})
