@@ -27,6 +27,7 @@ from cxrstudy.evaluate.bootstrap import mean_delta_bootstrap
 from cxrstudy.evaluate.metrics import evaluate_predictions
 from cxrstudy.labels import label_key
 from cxrstudy.tracking import keys
+from cxrstudy.train.balancing import BALANCE_NONE
 from cxrstudy.train.config import TrainConfig, normalise_envs
 
 
@@ -35,9 +36,9 @@ class Setting:
     base: str
     added: str
     label: str
-    balance: str = "none"
+    balance: str = BALANCE_NONE
     #: the training method of both arms (cxrstudy.train.methods); erm = the paper
-    method: str = "erm"
+    method: str = keys.DEFAULT_METHOD
 
     def __post_init__(self):
         if self.base == self.added:
@@ -45,13 +46,13 @@ class Setting:
 
     @property
     def name(self) -> str:
-        method = "" if self.method == "erm" else f"/{self.method}"
+        method = "" if self.method == keys.DEFAULT_METHOD else f"/{self.method}"
         return f"{self.base}+{self.added}/{label_key(self.label)}/{self.balance}{method}"
 
 
 def single_config(template: TrainConfig, env: str, label: str, seed: int) -> TrainConfig:
     """The single-hospital arm (trained with ``template``'s method)."""
-    return dataclasses.replace(template, envs=(env,), label=label, seed=seed, balance="none")
+    return dataclasses.replace(template, envs=(env,), label=label, seed=seed, balance=BALANCE_NONE)
 
 
 def pair_config(template: TrainConfig, setting: Setting, seed: int) -> TrainConfig:

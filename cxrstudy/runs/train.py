@@ -171,7 +171,7 @@ def name_of(cfg: TrainConfig) -> str:
 
 def run_name_of(cfg: TrainConfig) -> str:
     """train-<envs>-<label>-<balance>[-<method>]-s<seed> (ERM's names are those from before methods)."""
-    method = "" if cfg.method == "erm" else f"-{cfg.method}"
+    method = "" if cfg.method == keys.DEFAULT_METHOD else f"-{cfg.method}"
     return f"train-{'+'.join(cfg.envs)}-{cfg.label.replace(' ', '_')}-{cfg.balance}{method}-s{cfg.seed}"
 
 
@@ -328,7 +328,7 @@ def _train_holding_lock(cfg: TrainConfig, *, force: bool, device: str, progress:
         best_val = out.best_val()
         registered = log_and_register(
             model, name, image_size=cfg.image_size, threshold=out.threshold, label=cfg.label,
-            tags=version_tags(label=cfg.label, hospitals=cfg.envs, method=getattr(cfg, "method", "erm"),
+            tags=version_tags(label=cfg.label, hospitals=cfg.envs, method=cfg.method,
                               balance=cfg.balance, seed=cfg.seed, threshold=out.threshold, config_hash=h,
                               data_fingerprint=cfg.data_fingerprint(), synthetic=cfg.data.is_synthetic,
                               image_size=cfg.image_size, val_metrics=best_val, best_step=out.best_step),

@@ -10,6 +10,7 @@ import optuna
 
 from cxrstudy.errors import UsageError
 from cxrstudy.params import as_float
+from cxrstudy.tracking import keys
 from cxrstudy.train.methods import default_hparams, get_method
 
 #: the four hyperparameters every method has; each is searched or fixed
@@ -54,7 +55,7 @@ class SearchSpace:
     augment_strength: FloatRange
     #: the training method; its own hyperparameters are searched over the ranges it declares
     #: (cxrstudy.train.methods), except those given explicitly (``fixed_hparams``)
-    method: str = "erm"
+    method: str = keys.DEFAULT_METHOD
     fixed_hparams: tuple = ()
 
     def method_searched(self) -> list[str]:
@@ -97,7 +98,7 @@ class SearchSpace:
         fixed = {"lr": self.lr.lo, "weight_decay": self.weight_decay.lo, "batch_size": self.batch_sizes[0],
                  "augment_strength": self.augment_strength.lo}
         out = {k: params.get(k, fixed[k]) for k in SEARCHED}
-        if self.method != "erm":  # the method's own hyperparameters, as TrainConfig holds them
+        if self.method != keys.DEFAULT_METHOD:  # the method's own hyperparameters, as TrainConfig holds them
             out["method_hparams"] = self.method_hparams(params)
         return out
 
@@ -106,7 +107,7 @@ class SearchSpace:
         d = {"lr": [self.lr.lo, self.lr.hi, "log"], "weight_decay": [wd.lo, wd.hi, "log"],
              "batch_size": list(self.batch_sizes),
              "augment_strength": [self.augment_strength.lo, self.augment_strength.hi, "linear"]}
-        if self.method != "erm":  # ERM's spec (and so its study names) as before methods existed
+        if self.method != keys.DEFAULT_METHOD:  # ERM's spec (and so its study names) as before methods existed
             hps = get_method(self.method).HPARAMS
             d["method"] = self.method
             d.update({k: [hps[k].low, hps[k].high, "log" if hps[k].log else "linear"] for k in self.method_searched()})

@@ -130,16 +130,16 @@ def slot_gpu(slot: int, gpus: list[str]) -> str | None:
 
 
 def worker_env(i: int, workers: int, tracking_uri: str, experiment_id: str, gpus: list[str] | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
     threads = max(1, usable_cores() // workers)
-    env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_EXPERIMENT_ID=experiment_id,
-               OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    environ.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_EXPERIMENT_ID=experiment_id,
+                   OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     if str(tracking_uri).startswith(("http://", "https://")):
-        env.update(http_retry_env())
+        environ.update(http_retry_env())
     gpu = slot_gpu(i, visible_gpus() if gpus is None else gpus)
     if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-    return env
+        environ["CUDA_VISIBLE_DEVICES"] = gpu
+    return environ
 
 
 def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str | None = None,

@@ -41,10 +41,10 @@ def render_script(cells: list[TrainConfig], opts: SlurmOptions, *, job_name: str
     lines = ["#!/bin/bash", f"# cxrstudy: {n} training cell(s) of main run {parent_run_id}, one per array task"]
     lines += [f"#SBATCH {s}" for s in sb]
     lines += [e if e.startswith("#SBATCH") else f"#SBATCH {e}" for e in opts.extra]
-    env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1",
-           **http_retry_env()}
+    exports = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_EXPERIMENT_ID": experiment_id, "PYTHONUNBUFFERED": "1",
+               **http_retry_env()}
     lines += ["set -euo pipefail", "unset MLFLOW_RUN_ID"]
-    lines += [f"export {k}={shlex.quote(str(v))}" for k, v in env.items()]
+    lines += [f"export {k}={shlex.quote(str(v))}" for k, v in exports.items()]
     lines += ['export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}" MKL_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
               f"cd {shlex.quote(str(ROOT))}"]
     lines += list(opts.setup)
