@@ -26,8 +26,10 @@ import pandas as pd
 
 from cxrstudy.data.synthetic.config import headline_strength as pick_headline_strength
 from cxrstudy.tracking import keys
+from cxrstudy.train.balancing import BALANCE_NONE
 
 from .methods import mean_ci
+from .summary import balance_suffix
 
 DOSE_COLUMNS = ["shortcut_strength", "balance", "n_settings", "n_hurt", "hurt_fraction", "n_hurt_significant",
                 "n_helped_significant", "mean_delta", "mean_delta_ci_low", "mean_delta_ci_high",
@@ -117,8 +119,7 @@ def _mean_with_ci(name: str, values: pd.Series) -> dict:
 def dose_metrics(table: pd.DataFrame) -> dict[str, float]:
     out = {}
     for _, r in table.iterrows():
-        bal = "" if r["balance"] == "none" else f"/{'balanced' if r['balance'] == 'hospital_label' else r['balance']}"
-        p = f"analysis/dose/{r['shortcut_strength']:g}{bal}"
+        p = f"analysis/dose/{r['shortcut_strength']:g}{balance_suffix(r['balance'])}"
         for k in ("hurt_fraction", "n_hurt_significant", "n_helped_significant", "mean_delta", "mean_delta_ci_low",
                   "mean_delta_ci_high", "attributable_mean", "attributable_ci_low", "attributable_ci_high",
                   "pair_change_mean", "pair_change_ci_low", "pair_change_ci_high", "single_change_mean",
@@ -133,7 +134,7 @@ def dose_metrics(table: pd.DataFrame) -> dict[str, float]:
 def dose_figure(table: pd.DataFrame, path: Path) -> Path | None:
     """Hurt fraction and mean change (95% CI) against the shortcut strength (unbalanced), with the
     shortcut-attributable change, and the mean probe accuracy on a second axis when probes ran."""
-    t = table[table["balance"] == "none"].sort_values("shortcut_strength")
+    t = table[table["balance"] == BALANCE_NONE].sort_values("shortcut_strength")
     if t.empty:
         return None
     import matplotlib
@@ -200,7 +201,7 @@ def report_section(table: pd.DataFrame, figure: str | None) -> list[str]:
                      f"({r['hurt_fraction']:.0%}) | {r['n_hurt_significant']} | {r['n_helped_significant']} | "
                      f"{r['mean_delta']:+.3f} [{r['mean_delta_ci_low']:+.3f}, {r['mean_delta_ci_high']:+.3f}] | "
                      f"{ci(r, 'attributable')} | {ci(r, 'pair_change')} | {ci(r, 'single_change')} | {probe} |")
-    split = table[(table["balance"] == "none") & table["single_added_change_mean"].notna()]
+    split = table[(table["balance"] == BALANCE_NONE) & table["single_added_change_mean"].notna()]
     if len(split):
         lines += ["", "The single part by hospital (unbalanced): the single-hospital model's WGA over its own hospital "
                   "changes by " + ", ".join(f"{r['single_base_change_mean']:+.3f}" for _, r in split.iterrows())

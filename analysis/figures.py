@@ -28,14 +28,16 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from cxrstudy.hospitals import HOSPITALS  # noqa: E402
 from cxrstudy.labels import LABELS  # noqa: E402
-from cxrstudy.train.balancing import BALANCE_MODES, BALANCE_TITLES
+from cxrstudy.train.balancing import (BALANCE_HOSPITAL_LABEL, BALANCE_MODES, BALANCE_NONE, BALANCE_SIZE_MATCHED,
+                                      BALANCE_TITLES)
 
 from .queries import known_order  # noqa: E402
 
-BAR_COLORS = {"single": "#9e9e9e", "none": "#d95f02", "hospital_label": "#1b9e77", "size_matched": "#7570b3"}
-BAR_NAMES = {"single": "base hospital only", "none": "base + added",
-             "hospital_label": "base + added, hospital-label balanced",
-             "size_matched": "base + added, size-matched"}
+BAR_COLORS = {"single": "#9e9e9e", BALANCE_NONE: "#d95f02", BALANCE_HOSPITAL_LABEL: "#1b9e77",
+              BALANCE_SIZE_MATCHED: "#7570b3"}
+BAR_NAMES = {"single": "base hospital only", BALANCE_NONE: "base + added",
+             BALANCE_HOSPITAL_LABEL: "base + added, hospital-label balanced",
+             BALANCE_SIZE_MATCHED: "base + added, size-matched"}
 HURT_COLOR = "#b2182b"
 DPI = 110
 
@@ -106,7 +108,7 @@ def wga_bars(settings: pd.DataFrame, path: Path, *, title: str = "", synthetic: 
             vals, hurt, sig = [], [], []
             for base, added in pairs:
                 if ser == "single":
-                    r = rows.get((lab, base, added, "none")) or next(
+                    r = rows.get((lab, base, added, BALANCE_NONE)) or next(
                         (rows[k] for k in rows if k[:3] == (lab, base, added)), None)
                     vals.append(float(r.wga_single) if r is not None else np.nan)
                     hurt.append(False)
@@ -157,7 +159,7 @@ def wga_bars(settings: pd.DataFrame, path: Path, *, title: str = "", synthetic: 
     return path
 
 
-def delta_heatmap(settings: pd.DataFrame, path: Path, *, balance: str = "none", title: str = "",
+def delta_heatmap(settings: pd.DataFrame, path: Path, *, balance: str = BALANCE_NONE, title: str = "",
                   synthetic: bool = False) -> Path:
     """Base (rows) x added (columns) grid of the mean WGA change, one panel per label (in
     percentage points)."""

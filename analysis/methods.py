@@ -19,7 +19,7 @@ from cxrstudy.train.balancing import BALANCE_TITLES
 from cxrstudy.train.methods import method_names, method_suffix
 
 from .queries import known_order
-from .summary import headline
+from .summary import balance_suffix, headline
 
 METHOD_COLUMNS = ["method", "balance", "n_settings", "n_hurt", "hurt_fraction", "n_hurt_significant",
                   "n_helped_significant", "mean_delta", "mean_delta_ci_low", "mean_delta_ci_high"]
@@ -84,8 +84,7 @@ def head_to_head(settings: pd.DataFrame) -> pd.DataFrame:
 
 
 def _prefix(method: str, balance: str) -> str:
-    base = "analysis" + method_suffix(method, "/")
-    return {"none": base, "hospital_label": f"{base}/balanced"}.get(balance, f"{base}/{balance}")
+    return "analysis" + method_suffix(method, "/") + balance_suffix(balance)
 
 
 def method_metrics(table: pd.DataFrame, h2h: pd.DataFrame) -> dict[str, float]:

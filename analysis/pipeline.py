@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxrstudy.tracking import keys
+from cxrstudy.train.balancing import BALANCE_NONE
 
 from .dose import headline_strength
 from .noise_floor import noise_floor_metrics, noise_floor_sentence, noise_floor_summary
@@ -272,9 +273,10 @@ def format_headline(result: dict, report_path: bool = True) -> str:
         lines.append("*** FAKE benchmark runs included: numbers are random. ***")
     for bal, h in result["headline"].items():
         lines.append(f"[balance={bal}] {headline_sentence(h, bal)}")
-    if "none" in result["headline"]:
+    if BALANCE_NONE in result["headline"]:
+        unbalanced = result["headline"][BALANCE_NONE]
         lines.append(f"(paper: adding a hospital hurt WGA in 43% of 108 settings; here "
-                     f"{result['headline']['none']['hurt_fraction']:.0%} of {result['headline']['none']['n_settings']})")
+                     f"{unbalanced['hurt_fraction']:.0%} of {unbalanced['n_settings']})")
     if result.get("noise_floor"):
         lines.append(f"[noise floor] {noise_floor_sentence(result['noise_floor'])}")
     s = result["hypothesis2_summary"]

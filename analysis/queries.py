@@ -27,7 +27,7 @@ import pandas as pd
 from cxrstudy.hospitals import HOSPITALS
 from cxrstudy.labels import LABELS
 from cxrstudy.tracking import keys
-from cxrstudy.train.balancing import BALANCE_MODES
+from cxrstudy.train.balancing import BALANCE_MODES, BALANCE_NONE
 from cxrstudy.train.methods import method_names
 
 #: What ``settings.csv`` holds, in this order.
@@ -146,7 +146,7 @@ def _rows(runs) -> list[dict]:
         seeds = tags.get("seeds", "")
         row = {
             "base": tags["base"], "added": tags["added"], "label": tags["label"],
-            "balance": tags.get("balance") or "none",
+            "balance": tags.get("balance") or BALANCE_NONE,
             "method": tags.get(keys.METHOD_TAG) or keys.DEFAULT_METHOD,
             "shortcut_strength": float(tags[keys.SHORTCUT_STRENGTH_TAG]) if tags.get(keys.SHORTCUT_STRENGTH_TAG)
             else np.nan,

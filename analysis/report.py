@@ -11,6 +11,7 @@ import pandas as pd
 
 from cxrstudy.hospitals import HOSPITALS
 from cxrstudy.labels import LABELS
+from cxrstudy.train.balancing import BALANCE_NONE
 
 from .queries import known_order
 from .summary import PAPER_HURT_FRACTION, PAPER_N_SETTINGS, headline_sentence, hypothesis2_summary
@@ -101,10 +102,10 @@ def _headline_section(head: dict, synthetic: bool) -> list[str]:
     out = ["## Headline", ""]
     if not head:
         return out + ["No settings.", ""]
-    main_mode = "none" if "none" in head else next(iter(head))
+    main_mode = BALANCE_NONE if BALANCE_NONE in head else next(iter(head))
     h = head[main_mode]
     sentence = headline_sentence(h, main_mode)
-    if main_mode != "none":
+    if main_mode != BALANCE_NONE:
         sentence = "(There are no unbalanced comparisons.) " + sentence
     out += [f"**{sentence}**", ""]
     n = h["n_settings"]

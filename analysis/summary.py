@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from cxrstudy.train.balancing import BALANCE_MODES
+from cxrstudy.train.balancing import BALANCE_HOSPITAL_LABEL, BALANCE_MODES, BALANCE_NONE, BALANCE_SIZE_MATCHED
 
 from .queries import known_order, sort_settings
 
@@ -69,7 +69,7 @@ def headline(settings: pd.DataFrame) -> dict:
     return out
 
 
-def hypothesis2_table(settings: pd.DataFrame, balanced: str = "hospital_label") -> pd.DataFrame:
+def hypothesis2_table(settings: pd.DataFrame, balanced: str = BALANCE_HOSPITAL_LABEL) -> pd.DataFrame:
     """Hypothesis 2 (does hospital-label balancing fix the drop?), one row per (base, added, label,
     source) that has both a ``none`` and a ``balanced`` comparison.
 
@@ -85,7 +85,7 @@ def hypothesis2_table(settings: pd.DataFrame, balanced: str = "hospital_label") 
         return pd.DataFrame(columns=H2_COLUMNS)
     key = ["base", "added", "label", "source"]
     s = settings if "source" in settings else settings.assign(source="unknown")
-    none = s[s["balance"] == "none"].set_index(key)
+    none = s[s["balance"] == BALANCE_NONE].set_index(key)
     bal = s[s["balance"] == balanced].set_index(key)
     common = none.index.intersection(bal.index)
     if not len(common):
@@ -132,11 +132,17 @@ def hypothesis2_summary(h2: pd.DataFrame) -> dict:
     return res
 
 
-_HOW = {"none": "", "hospital_label": " with hospital-label balancing",
-        "size_matched": " (size-matched to the base hospital)"}
+_HOW = {BALANCE_NONE: "", BALANCE_HOSPITAL_LABEL: " with hospital-label balancing",
+        BALANCE_SIZE_MATCHED: " (size-matched to the base hospital)"}
 
 
-def headline_sentence(h: dict, balance: str = "none") -> str:
+def balance_suffix(balance: str) -> str:
+    """How a balance mode extends an ``analysis/...`` metric prefix: nothing for none,
+    ``/balanced`` for hospital_label, ``/<mode>`` for any other mode."""
+    return {BALANCE_NONE: "", BALANCE_HOSPITAL_LABEL: "/balanced"}.get(balance, f"/{balance}")
+
+
+def headline_sentence(h: dict, balance: str = BALANCE_NONE) -> str:
     """The one-sentence headline of one balance mode's numbers."""
     n = h["n_settings"]
 
@@ -157,7 +163,7 @@ def as_metrics(head: dict, h2: pd.DataFrame | None = None) -> dict[str, float]:
     hospital_label, ``analysis/<mode>/<name>`` for any other mode; ``analysis/h2/...`` for hypothesis 2."""
     out = {}
     for bal, h in head.items():
-        prefix = {"none": "analysis", "hospital_label": "analysis/balanced"}.get(bal, f"analysis/{bal}")
+        prefix = "analysis" + balance_suffix(bal)
         for k in ("hurt_fraction", "hurt_fraction_significant", "helped_fraction_significant", "n_settings",
                   "mean_delta"):
             v = h[k]

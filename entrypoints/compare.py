@@ -15,13 +15,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxrstudy.runs import cli  # noqa: E402
+from cxrstudy.train.balancing import BALANCE_NONE  # noqa: E402
 from cxrstudy.train.config import TRAIN_PARAMS  # noqa: E402
 
 PARAMS = {
     "base": "cxp",
     "added": "nih",
     "label": "Pneumonia",
-    "balance": "none",
+    "balance": BALANCE_NONE,
     "seeds": "0",
     "n_bootstrap": "1000",
     **{k: v for k, v in TRAIN_PARAMS.items() if k not in ("envs", "label", "seed", "balance")},
@@ -43,7 +44,7 @@ def main(argv=None) -> None:
         from cxrstudy.train.device import pick_device
 
         base, added = canonical_hospital(raw["base"]), canonical_hospital(raw["added"])
-        template = config_from_params({**raw, "envs": base, "seed": "0", "balance": "none"})
+        template = config_from_params({**raw, "envs": base, "seed": "0", "balance": BALANCE_NONE})
         setting = Setting(base, added, template.label, parse_balance(raw["balance"]))
         seeds = as_int_list("seeds", raw["seeds"], lo=0)
         n_boot = as_int("n_bootstrap", raw["n_bootstrap"], lo=10, hi=100000)

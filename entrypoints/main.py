@@ -23,6 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxrstudy.runs import cli  # noqa: E402
+from cxrstudy.tracking import keys  # noqa: E402
+from cxrstudy.train.balancing import BALANCE_HOSPITAL_LABEL, BALANCE_NONE  # noqa: E402
 from cxrstudy.train.config import TRAIN_PARAMS  # noqa: E402
 from cxrstudy.runs.launchers import LAUNCHER_PARAMS  # noqa: E402
 
@@ -30,8 +32,8 @@ PARAMS = {
     "envs": "mimic,cxp,nih",
     "labels": "Effusion,Any",
     "seeds": "0,1,2",
-    "balances": "none,hospital_label",
-    "methods": "erm",
+    "balances": f"{BALANCE_NONE},{BALANCE_HOSPITAL_LABEL}",
+    "methods": keys.DEFAULT_METHOD,
     "shortcut_strengths": "",
     "workers": "auto",
     "n_bootstrap": "1000",
@@ -81,7 +83,7 @@ def main(argv=None) -> None:
         noise_floor = as_bool("noise_floor", raw["noise_floor"])
         methods = parse_method_list(raw["methods"], given={k: v for k, v in raw.items() if optional(v)})
         template = config_from_params({**for_method(raw, methods[0]), "envs": envs[0], "label": labels[0], "seed": "0",
-                                       "balance": "none", "method": methods[0]})
+                                       "balance": BALANCE_NONE, "method": methods[0]})
         templates = method_templates(template, methods, raw)  # each method's hyperparameters, range-checked
         device = pick_device(raw["device"])
         strengths = None

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxrstudy.runs import cli  # noqa: E402
-from cxrstudy.runs.tune import TUNE_PARAMS as PARAMS  # noqa: E402
+from cxrstudy.tune.settings import TUNE_PARAMS as PARAMS  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -28,7 +28,8 @@ def main(argv=None) -> None:
     def body():
         from cxrstudy.tracking import runs as tracking
         from cxrstudy.train.device import pick_device
-        from cxrstudy.runs.tune import run_tune, tune_from_params
+        from cxrstudy.runs.tune import run_tune
+        from cxrstudy.tune.settings import tune_from_params
 
         settings = tune_from_params(raw, tracking.tracking_uri())
         pick_device(settings.device)  # a clear error before any work

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from cxrstudy.data.dataspec import DataSpec
-from cxrstudy.evaluate.compare import Setting, compare
+from cxrstudy.evaluate.compare import Setting
+from cxrstudy.runs.compare import compare_setting
 from cxrstudy.train.config import TrainConfig
 
 
@@ -40,7 +41,7 @@ def test_compare_reports_each_arm_per_hospital_and_its_worst_group(tmp_path):
         # predictions are cached: nothing is loaded; the pair model was cut off while still improving
         return {"run_id": arm, "model_uri": f"runs:/{arm}/model", "converged": arm == "single"}
 
-    res = compare(Setting("cxp", "nih", "Effusion"), template, [0], train, n_bootstrap=50)
+    res = compare_setting(Setting("cxp", "nih", "Effusion"), template, [0], train, n_bootstrap=50)
     assert res["wga_single"] == pytest.approx(0.25) and res["wga_pair"] == pytest.approx(0.6)
     assert res["delta_wga"] == pytest.approx(0.35) and res["worst_group_n_single"] == 20
     assert res["wga_single_base"] == pytest.approx(0.8) and res["wga_single_added"] == pytest.approx(0.25)

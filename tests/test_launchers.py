@@ -14,7 +14,7 @@ import pytest
 from cxrstudy.train.config import TRAIN_PARAMS, config_from_params
 from cxrstudy.errors import DataError, UsageError
 from cxrstudy.runs.launchers import LAUNCHER_PARAMS, launcher_from_params
-from cxrstudy.runs.launchers import local, slurm
+from cxrstudy.runs.launchers import local, slurm, slurm_commands, slurm_options, slurm_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,11 +27,11 @@ def cells(tmp_path, monkeypatch):
 
 
 def opts(**kw):
-    return slurm.SlurmOptions(**kw).validate()
+    return slurm_options.SlurmOptions(**kw).validate()
 
 
 def script_for(cells, o, tmp_path):
-    return slurm.render_script(cells, o, job_name="cxrstudy-abc", parent_run_id="p" * 32, experiment_id="7",
+    return slurm_script.render_script(cells, o, job_name="cxrstudy-abc", parent_run_id="p" * 32, experiment_id="7",
                                tracking_uri="http://mlflow.cluster:5000", device="auto", log_dir=tmp_path)
 
 
@@ -70,14 +70,14 @@ def test_script_leaves_out_what_was_not_asked_for(cells, tmp_path):
 def test_each_case_reproduces_its_cell(cells, tmp_path):
     """The -P values of a task, parsed back as train would, give the same configuration hash."""
     for cfg in cells:
-        params = slurm.job_params(cfg, "pid", "auto")
+        params = slurm_script.job_params(cfg, "pid", "auto")
         assert config_from_params({**TRAIN_PARAMS, **params}).content_hash() == cfg.content_hash()
 
 
 # ------------------------------------------------------------------------------------- config file
 
 def test_example_config_parses():
-    o = slurm.options_from_params({"slurm_config": str(ROOT / "examples" / "slurm.toml")})
+    o = slurm_options.options_from_params({"slurm_config": str(ROOT / "examples" / "slurm.toml")})
     assert o.gpus == 1 and o.partition and o.time and o.extra and o.max_retries >= 1
 
 
@@ -90,14 +90,14 @@ def test_example_config_parses():
 ])
 def test_config_file_formats(tmp_path, name, text):
     (tmp_path / name).write_text(text)
-    o = slurm.options_from_params({"slurm_config": str(tmp_path / name)})
+    o = slurm_options.options_from_params({"slurm_config": str(tmp_path / name)})
     assert (o.partition, o.gpus, o.cpus, o.mem, o.time, o.extra, o.max_retries) == \
         ("gpu", 1, 6, "32G", "12:00:00", ["--account=lab"], 3)
 
 
 def test_parameters_override_the_config_file(tmp_path):
     (tmp_path / "s.toml").write_text('partition = "gpu"\ngpus = 1\nmax_retries = 3\n')
-    o = slurm.options_from_params({"slurm_config": str(tmp_path / "s.toml"), "slurm_partition": "long",
+    o = slurm_options.options_from_params({"slurm_config": str(tmp_path / "s.toml"), "slurm_partition": "long",
                                    "slurm_gpus": "4", "slurm_extra": "--account=a;--qos=b", "slurm_max_retries": "0"})
     assert (o.partition, o.gpus, o.extra, o.max_retries) == ("long", 4, ["--account=a", "--qos=b"], 0)
 
@@ -113,7 +113,7 @@ def test_parameters_override_the_config_file(tmp_path):
 def test_bad_config_is_a_usage_error(tmp_path, text, match):
     (tmp_path / "s.toml").write_text(text)
     with pytest.raises(UsageError, match=match):
-        slurm.options_from_params({"slurm_config": str(tmp_path / "s.toml")})
+        slurm_options.options_from_params({"slurm_config": str(tmp_path / "s.toml")})
 
 
 def test_launcher_parameters():
@@ -166,7 +166,7 @@ def fake_slurm(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{d}:{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_DIR", str(d))
     monkeypatch.setattr(slurm, "adoptable", lambda cells, active: {})
-    monkeypatch.setattr(slurm, "mark_job_runs_failed", lambda key: 0)
+    monkeypatch.setattr(slurm, "mark_orphans_failed", lambda *a, **k: [])
     return d
 
 
@@ -174,7 +174,6 @@ def _finished_after(monkeypatch, done_hashes: set):
     import cxrstudy.runs.train as tr
 
     monkeypatch.setattr(tr, "find_trained", lambda c, *a, **k: object() if c.content_hash() in done_hashes else None)
-    monkeypatch.setattr(local, "find_trained", tr.find_trained)
 
 
 def test_failed_cells_are_resubmitted_up_to_the_limit_then_reported(cells, fake_slurm, monkeypatch, tmp_path, capsys):
@@ -219,7 +218,7 @@ def test_final_states_fall_back_to_scontrol(fake_slurm):
     (fake_slurm / "scontrol").write_text(
         "#!/bin/bash\necho 'JobId=8 ArrayJobId=7 ArrayTaskId=1 JobName=x JobState=CANCELLED Reason=None ExitCode=0:15'\n")
     (fake_slurm / "scontrol").chmod(0o755)
-    assert slurm.final_states(["7"]) == {"7_1": ("CANCELLED", "0:15")}
+    assert slurm_commands.final_states(["7"]) == {"7_1": ("CANCELLED", "0:15")}
 
 
 # -------------------------------------------------------------------------- local launcher, GPUs
@@ -262,3 +261,35 @@ def test_without_gpus_auto_is_one_worker_per_core_and_cuda_is_left_alone(monkeyp
     assert local.resolve_workers("auto") == 1 and "CUDA_VISIBLE_DEVICES" not in local.worker_env(1, 2, "x", "0")
     with pytest.raises(UsageError):
         local.resolve_workers("many")
+
+
+# ------------------------------------------------------------------------ runs left by a dead worker
+
+def test_orphaned_runs_are_ended_by_one_function_for_both_launchers(store):
+    """local (a dead worker's cell), slurm (a dead task) and train (a stale run) end the RUNNING runs
+    of one tag value in any experiment, sparing kept, finished and other runs."""
+    from mlflow.tracking import MlflowClient
+
+    from cxrstudy.tracking import keys
+    from cxrstudy.tracking.runs import mark_orphans_failed
+
+    client = MlflowClient()
+    other_exp = client.create_experiment("elsewhere")
+
+    def make(exp, value, status="RUNNING"):
+        rid = client.create_run(exp, tags={keys.SLURM_JOB_TAG: value}).info.run_id
+        if status != "RUNNING":
+            client.set_terminated(rid, status)
+        return rid
+
+    dead, dead_elsewhere, kept = make("0", "7_1"), make(other_exp, "7_1"), make("0", "7_1")
+    finished, other_task = make("0", "7_1", "FINISHED"), make("0", "7_2")
+    ended = mark_orphans_failed(keys.SLURM_JOB_TAG, "7_1", keep={kept}, reason="its task died")
+    assert sorted(ended) == sorted([dead, dead_elsewhere])
+    status = {rid: client.get_run(rid).info.status for rid in (dead, dead_elsewhere, kept, finished, other_task)}
+    assert status == {dead: "FAILED", dead_elsewhere: "FAILED", kept: "RUNNING", finished: "FINISHED",
+                      other_task: "RUNNING"}
+    assert client.get_run(dead).data.tags[keys.FAILED_REASON_TAG] == "its task died"
+    assert mark_orphans_failed(keys.SLURM_JOB_TAG, "7_2", status="KILLED") == [other_task]
+    assert client.get_run(other_task).info.status == "KILLED"
+    assert keys.FAILED_REASON_TAG not in client.get_run(other_task).data.tags

@@ -92,6 +92,34 @@ def test_only_tracking_and_runs_import_mlflow():
     assert not offenders, offenders
 
 
+def evaluate_io_imports() -> list[str]:
+    """What evaluate/ imports from tracking/ (but the shared strings of keys.py) or runs/, at any level."""
+    offenders = []
+    for mod, path in _modules():
+        if not mod.startswith("cxrstudy.evaluate"):
+            continue
+        for name, names in _imports(path, top_level_only=False):
+            full = [f"{name}.{n}" for n in names] or [name]
+            offenders += [f"{mod} imports {f}" for f in full
+                          if f.startswith(("cxrstudy.runs", "cxrstudy.tracking")) and f != "cxrstudy.tracking.keys"]
+    return offenders
+
+
+def test_the_statistics_layer_does_no_mlflow_io():
+    """evaluate/ computes on predictions and frames; loading models from the registry and caching
+    predictions (MLflow I/O) is runs/'s or tracking/'s job."""
+    assert not evaluate_io_imports()
+
+
+def test_the_statistics_check_sees_imports_inside_functions(tmp_path, monkeypatch):
+    bad = tmp_path / "cxrstudy" / "evaluate" / "late.py"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("def f():\n    from cxrstudy.tracking.registry import load_trained\n    return load_trained\n")
+    monkeypatch.setattr(__import__(__name__), "PKG", tmp_path / "cxrstudy")
+    monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
+    assert evaluate_io_imports() == ["cxrstudy.evaluate.late imports cxrstudy.tracking.registry.load_trained"]
+
+
 def test_the_analysis_talks_to_mlflow_in_one_module():
     offenders = [f"{path.relative_to(ROOT)} imports {name}" for path in sorted((ROOT / "analysis").rglob("*.py"))
                  if path.name != "queries.py" for name, _ in _imports(path, top_level_only=False)

@@ -13,18 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from test_checked_up_front import TINY, entry
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--envs", "cxp,nih", "--label", "any", "--preset", "cpu", "--image_size", "32", "--backbone", "smallcnn",
-        "--synthetic_patients", "100", "--batch_size", "8", "--eval_every", "2", "--max_steps", "4"]
-
-
-def entry(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"entry_{name}", ROOT / "entrypoints" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def run_entry(name, argv, capsys):

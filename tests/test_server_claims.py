@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from cxrstudy.tracking import runs as tracking
 from cxrstudy.tracking.claims import CLAIM_PREFIX, ServerClaim
 from cxrstudy.tracking.server import local_server
 from cxrstudy.train.lock import STALE_AFTER_S
-from test_train_concurrency import dead_pid, versions
+from test_train_concurrency import dead_pid, run_at_once, train_runs, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,14 +90,9 @@ def test_the_same_train_with_two_cache_dirs_on_one_server_gives_one_run_and_one_
     """Two machines that share the tracking server but not a disk: the claim lives on the server."""
     with local_server(store, tmp_path / "mlartifacts") as url:
         env = {**os.environ, "MLFLOW_TRACKING_URI": url, "OMP_NUM_THREADS": "1"}
-        procs = [subprocess.Popen(train_cmd(tmp_path / f"cache-{i}"), env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for i in range(2)]
-        logs = [p.communicate(timeout=600)[0] for p in procs]
-        for p, log in zip(procs, logs):
-            assert p.returncode == 0, log[-3000:]
+        logs = run_at_once([train_cmd(tmp_path / f"cache-{i}") for i in range(2)], env, timeout=600)
         client = MlflowClient(tracking_uri=url)
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                  f"tags.`{keys.ENTRY_TAG}` = '{keys.ENTRY_TRAIN}'")
+        runs = train_runs(client)
         assert [r.info.status for r in runs] == ["FINISHED"], [(r.info.run_id, r.info.status) for r in runs]
         assert versions(runs[0].data.tags["registered_model"], client) == [1]
         assert sum("already trained" in log for log in logs) == 1, logs
@@ -111,11 +105,8 @@ def test_two_mains_at_once_on_a_new_experiment_both_finish_and_compute_each_comp
         env = {**os.environ, "MLFLOW_TRACKING_URI": url, "MLFLOW_EXPERIMENT_NAME": "two-studies",
                "OMP_NUM_THREADS": "1"}
         cmd = [sys.executable, str(ROOT / "entrypoints" / "main.py"), *tiny_main_argv("--n_bootstrap", "2000")]
-        procs = [subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True) for _ in range(2)]
-        logs = [p.communicate(timeout=600)[0] for p in procs]
-        for p, log in zip(procs, logs):
-            assert p.returncode == 0, log[-3000:]
+        logs = run_at_once([cmd, cmd], env, timeout=600, cwd=tmp_path)
+        for log in logs:
             assert "RESOURCE_ALREADY_EXISTS" not in log
         client = MlflowClient(tracking_uri=url)
         exp = client.get_experiment_by_name("two-studies").experiment_id

@@ -27,6 +27,22 @@ def dead_pid() -> int:
     return p.pid
 
 
+def run_at_once(cmds: list[list[str]], env: dict, timeout: float, cwd=None) -> list[str]:
+    """Start the commands together and wait for all; each must exit 0. Returns their output."""
+    procs = [subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for cmd in cmds]
+    logs = [p.communicate(timeout=timeout)[0] for p in procs]
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+    return logs
+
+
+def train_runs(client) -> list:
+    """Every training run in the store, any experiment."""
+    return client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              f"tags.`{keys.ENTRY_TAG}` = '{keys.ENTRY_TRAIN}'")
+
+
 def versions(name: str, client=None) -> list:
     client = client or MlflowClient()
     return sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
@@ -130,14 +146,9 @@ def test_two_identical_train_commands_give_one_run_and_one_version(store, tmp_pa
     cmd = [sys.executable, str(ROOT / "entrypoints" / "train.py"), *args]
     with local_server(store, tmp_path / "mlartifacts") as url:
         env = {**os.environ, "MLFLOW_TRACKING_URI": url, "OMP_NUM_THREADS": "1"}
-        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for _ in range(2)]
-        logs = [p.communicate(timeout=400)[0] for p in procs]
-        for p, log in zip(procs, logs):
-            assert p.returncode == 0, log[-3000:]
+        logs = run_at_once([cmd, cmd], env, timeout=400)
         client = MlflowClient(tracking_uri=url)
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                  f"tags.`{keys.ENTRY_TAG}` = '{keys.ENTRY_TRAIN}'")
+        runs = train_runs(client)
         assert [r.info.status for r in runs] == ["FINISHED"], [(r.info.run_id, r.info.status) for r in runs]
         name = runs[0].data.tags["registered_model"]
         assert versions(name, client) == [1]

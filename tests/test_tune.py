@@ -3,7 +3,6 @@ retries, and two processes sharing one study through a journal file and one MLfl
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,10 @@ from cxrstudy.train.config import TRAIN_PARAMS, config_from_params
 from cxrstudy.errors import DataError, UsageError
 from cxrstudy.tracking import keys
 from cxrstudy.tune.storage import STORAGE_ENV, HeartbeatJournalStorage, parse_storage
-from cxrstudy.runs.tune import PARENT_ATTR, RUN_ID_ATTR, TUNE_PARAMS, StudyWorker, run_tune, tune_from_params
+from cxrstudy.runs.tune import run_tune
+from cxrstudy.runs.tune_worker import StudyWorker
+from cxrstudy.tune.settings import TUNE_PARAMS, tune_from_params
+from test_train_concurrency import run_at_once
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"envs": "cxp,nih", "label": "Any", "preset": "cpu", "image_size": "32", "synthetic_patients": "200",
@@ -201,13 +203,13 @@ def test_one_process_logs_a_parent_and_one_nested_run_per_trial(store, capsys):
     trials = tune_runs(client, "tune_trial")
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in trials) == [0, 1, 2]
     study = load_study(s)
-    assert study.user_attrs[PARENT_ATTR] == parent.info.run_id
+    assert study.user_attrs[keys.TUNE_PARENT_ATTR] == parent.info.run_id
     by_number = {t.number: t for t in study.trials}
     for r in trials:
         tags, params = r.data.tags, r.data.params
         n = int(tags["optuna.trial_number"])
         assert tags["mlflow.parentRunId"] == parent.info.run_id
-        assert by_number[n].user_attrs[RUN_ID_ATTR] == r.info.run_id
+        assert by_number[n].user_attrs[keys.TUNE_RUN_ID_ATTR] == r.info.run_id
         assert params["optuna.trial_number"] == str(n) and r.info.status == "FINISHED"
         for k in ("lr", "weight_decay", "batch_size", "augment_strength", "cfg.config_hash"):
             assert k in params
@@ -290,10 +292,10 @@ def test_a_trial_whose_process_died_is_failed_and_retried(store):
     storage = HeartbeatJournalStorage(JournalFileBackend(s.storage.target), heartbeat_interval=1, grace_period=3)
     study = optuna.create_study(storage=storage, study_name=s.study_name, direction="maximize")
     study.set_user_attr(keys.TUNE_SPEC_ATTR, s.spec())
-    study.set_user_attr(PARENT_ATTR, dead_parent)
+    study.set_user_attr(keys.TUNE_PARENT_ATTR, dead_parent)
     trial = study.ask()
     params = s.space.suggest(trial)
-    trial.set_user_attr(RUN_ID_ATTR, dead_trial)
+    trial.set_user_attr(keys.TUNE_RUN_ID_ATTR, dead_trial)
     storage.set_trial_system_attr(trial._trial_id, keys.TUNE_HEARTBEAT_ATTR, time.time() - 60)
 
     out = run_tune(s, progress=False)
@@ -302,7 +304,7 @@ def test_a_trial_whose_process_died_is_failed_and_retried(store):
     assert study.trials[1].system_attrs["failed_trial"] == 0
     assert s.space.values(study.trials[1].params) == params
     assert client.get_run(dead_trial).info.status == "FAILED"
-    retried = client.get_run(study.trials[1].user_attrs[RUN_ID_ATTR])
+    retried = client.get_run(study.trials[1].user_attrs[keys.TUNE_RUN_ID_ATTR])
     assert retried.data.tags["mlflow.parentRunId"] == dead_parent and retried.info.status == "FINISHED"
     assert out["parent_run_id"] == dead_parent and out["role"] == "worker"
     assert client.get_run(dead_parent).info.status == "FINISHED"  # the study it describes is now done
@@ -334,11 +336,7 @@ def test_two_processes_share_one_study(store, tmp_path):
         cmd += [f"--{k}", v]
     with local_server(store, tmp_path / "mlartifacts") as url:
         env = {**os.environ, "MLFLOW_TRACKING_URI": url, "OMP_NUM_THREADS": "1"}
-        procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for _ in range(2)]
-        logs = [p.communicate(timeout=300)[0] for p in procs]
-        for p, log in zip(procs, logs):
-            assert p.returncode == 0, log[-3000:]
+        logs = run_at_once([cmd, cmd], env, timeout=300)
         assert "database is locked" not in "".join(logs)
         client = MlflowClient(tracking_uri=url)
         s = settings(store, **{k: v for k, v in args.items() if k in TUNE_PARAMS})
@@ -352,7 +350,7 @@ def test_two_processes_share_one_study(store, tmp_path):
         runs = tune_runs(client, "tune_trial")
         run_numbers = sorted(int(r.data.tags["optuna.trial_number"]) for r in runs)
         assert run_numbers == sorted(numbers)  # exactly one MLflow run per trial that ran
-        assert {t.user_attrs[RUN_ID_ATTR] for t in ran} == {r.info.run_id for r in runs}
+        assert {t.user_attrs[keys.TUNE_RUN_ID_ATTR] for t in ran} == {r.info.run_id for r in runs}
         procs_runs = tune_runs(client, "tune")
         roles = sorted(r.data.tags["cxrstudy.tune_role"] for r in procs_runs)
         assert roles == ["study", "worker"]
@@ -378,7 +376,7 @@ def test_one_study_on_a_real_postgresql_storage(store):
         out = run_tune(s, progress=False)
         study = optuna.load_study(study_name=s.study_name, storage=s.storage.target)
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        assert len(done) == 2 and out["parent_run_id"] == study.user_attrs[PARENT_ATTR]
+        assert len(done) == 2 and out["parent_run_id"] == study.user_attrs[keys.TUNE_PARENT_ATTR]
         assert len(tune_runs(MlflowClient(), "tune_trial")) == 2
 
 

@@ -7,6 +7,9 @@ mean delta over seeds is below 0; its 95% CI is seed-aware: a paired, patient-le
 resamples the shared test subjects once for every seed's pair of models (test sampling), widened by
 the spread of the per-seed deltas (training randomness; see
 :func:`cxrstudy.evaluate.bootstrap.seed_aware_interval` and docs/PROTOCOL.md "Statistics").
+
+This module is the statistics on the models' test predictions; training the arms and fetching
+(and caching) their predictions is :func:`cxrstudy.runs.compare.compare_setting`'s job.
 """
 
 from __future__ import annotations
@@ -14,23 +17,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from cxrstudy.data.dataspec import DataSpec
 from cxrstudy.errors import DataError, UsageError
 from cxrstudy.evaluate.bootstrap import mean_delta_bootstrap
 from cxrstudy.evaluate.metrics import evaluate_predictions
-from cxrstudy.evaluate.predict import predict_test
 from cxrstudy.labels import label_key
 from cxrstudy.tracking import keys
 from cxrstudy.train.balancing import BALANCE_NONE
-from cxrstudy.tracking.registry import load_trained
 from cxrstudy.train.config import TrainConfig, normalise_envs
 
 
@@ -39,9 +36,9 @@ class Setting:
     base: str
     added: str
     label: str
-    balance: str = "none"
+    balance: str = BALANCE_NONE
     #: the training method of both arms (cxrstudy.train.methods); erm = the paper
-    method: str = "erm"
+    method: str = keys.DEFAULT_METHOD
 
     def __post_init__(self):
         if self.base == self.added:
@@ -49,13 +46,13 @@ class Setting:
 
     @property
     def name(self) -> str:
-        method = "" if self.method == "erm" else f"/{self.method}"
+        method = "" if self.method == keys.DEFAULT_METHOD else f"/{self.method}"
         return f"{self.base}+{self.added}/{label_key(self.label)}/{self.balance}{method}"
 
 
 def single_config(template: TrainConfig, env: str, label: str, seed: int) -> TrainConfig:
     """The single-hospital arm (trained with ``template``'s method)."""
-    return dataclasses.replace(template, envs=(env,), label=label, seed=seed, balance="none")
+    return dataclasses.replace(template, envs=(env,), label=label, seed=seed, balance=BALANCE_NONE)
 
 
 def pair_config(template: TrainConfig, setting: Setting, seed: int) -> TrainConfig:
@@ -68,31 +65,6 @@ def compare_key(setting: Setting, seeds, single_hashes, pair_hashes, n_bootstrap
     d = {"setting": dataclasses.asdict(setting), "seeds": list(seeds), "single": list(single_hashes),
          "pair": list(pair_hashes), "n_bootstrap": n_bootstrap, "version": 4}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def cached_predictions(model_uri: str, run_id: str, envs: list[str], data: DataSpec, device: str = "auto",
-                       progress: bool = False) -> pd.DataFrame:
-    """Test-split predictions of a trained model on ``envs``, memoised on disk per (run, hospital)
-    under ``data``'s cache; ``data`` (the spec the model was trained on) says where the images are
-    (its run logs no paths)."""
-    cache_dir = data.cache_dir
-    frames = []
-    trained = None
-    for env in envs:
-        path = Path(cache_dir) / "predictions" / run_id / f"{env}.csv"
-        if path.is_file():
-            frames.append(pd.read_csv(path, dtype={"subject_id": str, "env": str}))
-            continue
-        trained = trained or load_trained(model_uri, data_root=data.data_root, roots=data.roots,
-                                          cache_dir=data.cache_dir)
-        df = predict_test(trained.model, trained.spec, [env], trained.label, trained.threshold, device=device,
-                          progress=progress)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-        frames.append(df)
-    return pd.concat(frames, ignore_index=True)
 
 
 def worst_group_size(metrics: dict) -> int:
@@ -112,51 +84,41 @@ def same_sign(values) -> bool:
     return bool(len(v) and ((v < 0).all() or (v > 0).all()))
 
 
-def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Callable[[TrainConfig], dict], *,
-            n_bootstrap: int = 1000, device: str = "auto",
-            trained: Callable[[TrainConfig], dict | None] | None = None) -> dict:
-    """Train (or reuse) the models of a setting for every seed, evaluate, and summarise.
+def seed_comparison(setting: Setting, seed: int, single: pd.DataFrame, pair: pd.DataFrame) -> dict:
+    """One seed's WGA of each arm, over both hospitals and per hospital, from the two models' test
+    predictions on both hospitals; ``delta`` = WGA(pair) - WGA(single)."""
+    envs = [setting.base, setting.added]
+    try:
+        ms = evaluate_predictions(single, expected_envs=envs)
+        mp = evaluate_predictions(pair, expected_envs=envs)
+    except ValueError as e:  # a hospital without positives or negatives for this label
+        raise DataError(f"test split, label {setting.label!r}: {e}") from None
+    return {"seed": seed, "wga_single": ms["wga"], "wga_pair": mp["wga"],
+            "group_single": ms["wga_group"], "group_pair": mp["wga_group"],
+            "n_group_single": worst_group_size(ms), "n_group_pair": worst_group_size(mp),
+            **{f"wga_{arm}_{role}": wga_at(m, env) for arm, m in (("single", ms), ("pair", mp))
+               for role, env in (("base", setting.base), ("added", setting.added))},
+            "delta": mp["wga"] - ms["wga"]}
 
-    ``train(cfg)`` returns a dict with ``run_id`` and ``model_uri`` (e.g. train_run.run_training).
-    ``trained(cfg)``: the same for a model that was already trained, else None; with it, a balanced
-    setting also gets ``balanced_minus_pair``, WGA(balanced pair) - WGA(unbalanced pair) with the same
-    seed-aware CI (hypothesis 2), when the unbalanced two-hospital models exist for every seed.
+
+def summarise(setting: Setting, per_seed: list[dict], pairs: list[tuple[pd.DataFrame, pd.DataFrame]], *,
+              n_bootstrap: int = 1000, unbalanced: list[pd.DataFrame] | None = None) -> dict:
+    """The comparison over seeds: mean WGAs and delta with the seed-aware CI, from each seed's
+    :func:`seed_comparison` and its ``(single, pair)`` predictions.
+
+    ``unbalanced``: for a balanced setting, the unbalanced two-hospital model's predictions per seed;
+    with them the result also has ``balanced_minus_pair``, WGA(balanced pair) - WGA(unbalanced pair)
+    with the same seed-aware CI (hypothesis 2).
     """
     envs = [setting.base, setting.added]
-    pairs, per_seed, runs, constant, unconverged = [], [], {"single": [], "pair": []}, [], []
-    for seed in seeds:
-        s_res = train(single_config(template, setting.base, setting.label, seed))
-        p_res = train(pair_config(template, setting, seed))
-        runs["single"].append(s_res["run_id"])
-        runs["pair"].append(p_res["run_id"])
-        df_s = cached_predictions(s_res["model_uri"], s_res["run_id"], envs, template.data, device)
-        df_p = cached_predictions(p_res["model_uri"], p_res["run_id"], envs, template.data, device)
-        pairs.append((df_s, df_p))
-        try:
-            ms = evaluate_predictions(df_s, expected_envs=envs)
-            mp = evaluate_predictions(df_p, expected_envs=envs)
-        except ValueError as e:  # a hospital without positives or negatives for this label
-            raise DataError(f"test split, label {setting.label!r}: {e}") from None
-        per_seed.append({"seed": seed, "wga_single": ms["wga"], "wga_pair": mp["wga"],
-                         "group_single": ms["wga_group"], "group_pair": mp["wga_group"],
-                         "n_group_single": worst_group_size(ms), "n_group_pair": worst_group_size(mp),
-                         **{f"wga_{arm}_{role}": wga_at(m, env) for arm, m in (("single", ms), ("pair", mp))
-                            for role, env in (("base", setting.base), ("added", setting.added))},
-                         "delta": mp["wga"] - ms["wga"]})
-        constant += [bool(r.get("constant", False)) for r in (s_res, p_res)]
-        unconverged += [not r.get("converged", True) for r in (s_res, p_res)]
     boot = mean_delta_bootstrap(pairs, n_resamples=n_bootstrap, seed=0, expected_envs=envs)
     delta = float(np.mean([r["delta"] for r in per_seed]))
     h2 = {}
-    if trained is not None and setting.balance != BALANCE_NONE:
-        unbalanced = dataclasses.replace(setting, balance=BALANCE_NONE)
-        found = [trained(pair_config(template, unbalanced, seed)) for seed in seeds]
-        if all(found):
-            frames = [cached_predictions(r["model_uri"], r["run_id"], envs, template.data, device) for r in found]
-            b2 = mean_delta_bootstrap([(f, p) for f, (_, p) in zip(frames, pairs)], n_resamples=n_bootstrap, seed=0,
-                                      expected_envs=envs)
-            h2 = {"balanced_minus_pair": float(b2["estimate"]), "balanced_minus_pair_ci_low": float(b2["low"]),
-                  "balanced_minus_pair_ci_high": float(b2["high"])}
+    if unbalanced is not None:
+        b2 = mean_delta_bootstrap([(f, p) for f, (_, p) in zip(unbalanced, pairs)], n_resamples=n_bootstrap, seed=0,
+                                  expected_envs=envs)
+        h2 = {"balanced_minus_pair": float(b2["estimate"]), "balanced_minus_pair_ci_low": float(b2["low"]),
+              "balanced_minus_pair_ci_high": float(b2["high"])}
     return {
         **h2,
         "wga_single": float(np.mean([r["wga_single"] for r in per_seed])),
@@ -170,16 +132,11 @@ def compare(setting: Setting, template: TrainConfig, seeds: list[int], train: Ca
         # every seed's delta on the same side of 0 (one seed: trivially)
         "seeds_same_sign": int(same_sign([r["delta"] for r in per_seed])),
         "hurt": int(delta < 0),
-        "n_seeds": len(seeds),
+        "n_seeds": len(per_seed),
         # the size of each arm's worst group (smallest over seeds): how many images one WGA rests on
         "worst_group_n_single": int(min(r["n_group_single"] for r in per_seed)),
         "worst_group_n_pair": int(min(r["n_group_pair"] for r in per_seed)),
         # each arm's WGA over one hospital's groups: the single model's "added" one is out of distribution
         **{k: float(np.mean([r[k] for r in per_seed])) for k in keys.PER_HOSPITAL_WGA},
-        # models that predict one class on validation (train warns): such a comparison is flagged
-        "n_constant_models": int(sum(constant)),
-        # models cut off while still improving (train warns): such a comparison is flagged too
-        "n_unconverged_models": int(sum(unconverged)),
         "per_seed": per_seed,
-        "runs": runs,
     }

@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass
 
 from cxrstudy.labels import label_key
+from cxrstudy.train.balancing import BALANCE_NONE
 from cxrstudy.train.config import TrainConfig, normalise_envs
 
 
@@ -62,13 +63,13 @@ def aa_comparisons(template: TrainConfig, envs: list[str], labels: list[str], se
     """The A/A comparisons of a study over ``envs`` x ``labels`` (see the module docstring)."""
     seeds_a = tuple(int(s) for s in seeds)
     seeds_b = disjoint_seeds(seeds_a)
-    base = dataclasses.replace(template, balance="none")
+    base = dataclasses.replace(template, balance=BALANCE_NONE)
     out = []
     for label in labels:
         for env in envs:
             out.append(AAComparison(dataclasses.replace(base, envs=(env,), label=label), tuple(envs), seeds_a, seeds_b))
         for a, b in itertools.combinations(envs, 2):
-            pair = normalise_envs([a, b], "none")
+            pair = normalise_envs([a, b], BALANCE_NONE)
             out.append(AAComparison(dataclasses.replace(base, envs=pair, label=label), tuple(pair), seeds_a, seeds_b))
     return out
 

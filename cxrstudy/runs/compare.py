@@ -3,18 +3,22 @@ vs two-hospital models, every seed) as an MLflow run, reused when an identical o
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from typing import Callable
 
 import mlflow
 
 from cxrstudy.evaluate.bootstrap import difference_in_delta_bootstrap
-from cxrstudy.evaluate.compare import (Setting, cached_predictions, compare, compare_key, pair_config,
-                                       single_config)
+from cxrstudy.evaluate.compare import (Setting, compare_key, pair_config, seed_comparison, single_config,
+                                       summarise)
 from cxrstudy.labels import label_key
+from cxrstudy.runs.predictions import cached_predictions
 from cxrstudy.runs.train import find_trained, run_training
 from cxrstudy.tracking import keys
 from cxrstudy.tracking import runs as tracking
 from cxrstudy.tracking.claims import ServerClaim, claim_key
+from cxrstudy.train.balancing import BALANCE_NONE
 from cxrstudy.train.config import TrainConfig, with_method
 
 
@@ -51,6 +55,45 @@ def run_compare(setting: Setting, template: TrainConfig, seeds: list[int], *, n_
                         parent_run_id=parent_run_id, progress=progress)
 
 
+def compare_setting(setting: Setting, template: TrainConfig, seeds: list[int], train: Callable[[TrainConfig], dict],
+                    *, n_bootstrap: int = 1000, device: str = "auto",
+                    trained: Callable[[TrainConfig], dict | None] | None = None) -> dict:
+    """Train (or reuse) the models of a setting for every seed, predict on both hospitals' test
+    splits, and summarise (:mod:`cxrstudy.evaluate.compare`).
+
+    ``train(cfg)`` returns a dict with ``run_id`` and ``model_uri`` (e.g.
+    :func:`cxrstudy.runs.train.run_training`). ``trained(cfg)``: the same for a model that was
+    already trained, else None; with it, a balanced setting also gets ``balanced_minus_pair``
+    (hypothesis 2) when the unbalanced two-hospital models exist for every seed.
+    """
+    envs = [setting.base, setting.added]
+    pairs, per_seed, runs, constant, unconverged = [], [], {keys.ARM_SINGLE: [], keys.ARM_PAIR: []}, [], []
+    for seed in seeds:
+        s_res = train(single_config(template, setting.base, setting.label, seed))
+        p_res = train(pair_config(template, setting, seed))
+        runs[keys.ARM_SINGLE].append(s_res["run_id"])
+        runs[keys.ARM_PAIR].append(p_res["run_id"])
+        df_s = cached_predictions(s_res["model_uri"], s_res["run_id"], envs, template.data, device)
+        df_p = cached_predictions(p_res["model_uri"], p_res["run_id"], envs, template.data, device)
+        pairs.append((df_s, df_p))
+        per_seed.append(seed_comparison(setting, seed, df_s, df_p))
+        constant += [bool(r.get("constant", False)) for r in (s_res, p_res)]
+        unconverged += [not r.get("converged", True) for r in (s_res, p_res)]
+    unbalanced = None
+    if trained is not None and setting.balance != BALANCE_NONE:
+        plain = dataclasses.replace(setting, balance=BALANCE_NONE)
+        found = [trained(pair_config(template, plain, seed)) for seed in seeds]
+        if all(found):
+            unbalanced = [cached_predictions(r["model_uri"], r["run_id"], envs, template.data, device) for r in found]
+    res = summarise(setting, per_seed, pairs, n_bootstrap=n_bootstrap, unbalanced=unbalanced)
+    return {**res,
+            # models that predict one class on validation (train warns): such a comparison is flagged
+            "n_constant_models": int(sum(constant)),
+            # models cut off while still improving (train warns): such a comparison is flagged too
+            "n_unconverged_models": int(sum(unconverged)),
+            "runs": runs}
+
+
 def _reused(done) -> dict:
     """What run_compare returns for a FINISHED comparison it reuses."""
     return {"run_id": done.info.run_id, "reused": True,
@@ -79,7 +122,8 @@ def _compute(setting: Setting, template: TrainConfig, seeds: list[int], key: str
         def trained(cfg):
             return run_training(cfg, device=device, progress=False) if find_trained(cfg) is not None else None
 
-        res = compare(setting, template, seeds, train, n_bootstrap=n_bootstrap, device=device, trained=trained)
+        res = compare_setting(setting, template, seeds, train, n_bootstrap=n_bootstrap, device=device,
+                              trained=trained)
         tracking.log_params({"seeds": ",".join(map(str, seeds)), "n_bootstrap": n_bootstrap,
                              "single_config_hashes": ",".join(single_h), "pair_config_hashes": ",".join(pair_h)},
                             prefix="cfg.")

@@ -7,8 +7,8 @@ import mlflow
 from tqdm.auto import tqdm
 
 from cxrstudy.evaluate.bootstrap import mean_delta_bootstrap
-from cxrstudy.evaluate.compare import cached_predictions
 from cxrstudy.evaluate.noise_floor import AAComparison
+from cxrstudy.runs.predictions import cached_predictions
 from cxrstudy.runs.train import run_training
 from cxrstudy.tracking import keys
 from cxrstudy.tracking import runs as tracking

@@ -68,8 +68,8 @@ def preflight(cfg: TrainConfig) -> None:
 def find_by_hash(config_hash: str, experiment_ids=None):
     """The newest FINISHED training run tagged with this configuration hash in any experiment, or None
     (the hash covers everything that determines the model, data included, so any such run will do)."""
-    runs = search_training_runs(f"tags.`{keys.CONFIG_HASH_TAG}` = '{config_hash}' and attributes.status = 'FINISHED'",
-                                experiment_ids)
+    runs = tracking.search_all_experiments(
+        f"tags.`{keys.CONFIG_HASH_TAG}` = '{config_hash}' and attributes.status = 'FINISHED'", experiment_ids)
     return runs[0] if runs else None
 
 
@@ -121,8 +121,8 @@ def find_registered_unfinished(config_hash: str, experiment_ids=None):
     """A training run of this hash that is not FINISHED (killed after registering its model, or
     marked FAILED by whoever saw it die) but whose registered model version is READY: its work is
     complete, so it is marked FINISHED (tagged with its version) and returned for reuse."""
-    runs = search_training_runs(f"tags.`{keys.CONFIG_HASH_TAG}` = '{config_hash}' and attributes.status != 'FINISHED'",
-                                experiment_ids)
+    runs = tracking.search_all_experiments(
+        f"tags.`{keys.CONFIG_HASH_TAG}` = '{config_hash}' and attributes.status != 'FINISHED'", experiment_ids)
     client = MlflowClient()
     for run in runs:
         found = registered_version_of(run)
@@ -144,16 +144,10 @@ def fail_stale_runs(config_hash: str, keep=()) -> list[str]:
     Call only while holding the configuration's lock and server claim: then no live process is training it, so a
     RUNNING run of it was left by a process that died (kill -9, power loss). ``keep``: run ids not
     to touch (the run ``mlflow run`` opened for this process)."""
-    client = MlflowClient()
-    marked = []
-    for run in search_training_runs(f"tags.`{keys.CONFIG_HASH_TAG}` = '{config_hash}' and attributes.status = 'RUNNING'"):
-        if run.info.run_id in keep:
-            continue
-        client.set_tag(run.info.run_id, keys.FAILED_REASON_TAG,
-                       "stale: RUNNING while no process held the configuration's training lock (its process died); "
-                       "marked FAILED by the next run of the same configuration")
-        client.set_terminated(run.info.run_id, "FAILED")
-        marked.append(run.info.run_id)
+    marked = tracking.mark_orphans_failed(
+        keys.CONFIG_HASH_TAG, config_hash, keep=keep,
+        reason="stale: RUNNING while no process held the configuration's training lock (its process died); "
+               "marked FAILED by the next run of the same configuration")
     if marked:
         print(f"marked {len(marked)} stale RUNNING run(s) of this configuration FAILED: {', '.join(marked)}",
               file=sys.stderr)
@@ -170,13 +164,6 @@ def legacy_inputs_match(run_id: str, cfg: TrainConfig) -> bool:
     return logged == wanted
 
 
-def search_training_runs(filter_string: str, experiment_ids=None):
-    client = MlflowClient()
-    experiment_ids = experiment_ids or [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(experiment_ids, filter_string, order_by=["attributes.start_time DESC"],
-                                      max_results=50)
-
-
 def name_of(cfg: TrainConfig) -> str:
     """How train names a configuration in messages: the registered name and the seed."""
     return f"{cfg.model_name()} seed {cfg.seed}"
@@ -184,7 +171,7 @@ def name_of(cfg: TrainConfig) -> str:
 
 def run_name_of(cfg: TrainConfig) -> str:
     """train-<envs>-<label>-<balance>[-<method>]-s<seed> (ERM's names are those from before methods)."""
-    method = "" if cfg.method == "erm" else f"-{cfg.method}"
+    method = "" if cfg.method == keys.DEFAULT_METHOD else f"-{cfg.method}"
     return f"train-{'+'.join(cfg.envs)}-{cfg.label.replace(' ', '_')}-{cfg.balance}{method}-s{cfg.seed}"
 
 
@@ -341,7 +328,7 @@ def _train_holding_lock(cfg: TrainConfig, *, force: bool, device: str, progress:
         best_val = out.best_val()
         registered = log_and_register(
             model, name, image_size=cfg.image_size, threshold=out.threshold, label=cfg.label,
-            tags=version_tags(label=cfg.label, hospitals=cfg.envs, method=getattr(cfg, "method", "erm"),
+            tags=version_tags(label=cfg.label, hospitals=cfg.envs, method=cfg.method,
                               balance=cfg.balance, seed=cfg.seed, threshold=out.threshold, config_hash=h,
                               data_fingerprint=cfg.data_fingerprint(), synthetic=cfg.data.is_synthetic,
                               image_size=cfg.image_size, val_metrics=best_val, best_step=out.best_step),
@@ -394,8 +381,8 @@ def restore_server_checkpoint(config_hash: str, ck_dir: Path, *, progress: bool 
     last = ck_dir / "last.pt"
     if last.is_file():
         return None
-    runs = search_training_runs(f"tags.`{keys.CONFIG_HASH_TAG}` = '{config_hash}' and "
-                                "attributes.status != 'FINISHED'")  # RUNNING, FAILED, KILLED or SCHEDULED
+    runs = tracking.search_all_experiments(f"tags.`{keys.CONFIG_HASH_TAG}` = '{config_hash}' and "
+                                           "attributes.status != 'FINISHED'")  # RUNNING, FAILED, KILLED or SCHEDULED
     for run in runs:
         with tempfile.TemporaryDirectory(prefix="cxrstudy-ckpt-") as tmp:
             try:
@@ -422,8 +409,8 @@ def delete_server_checkpoints(config_hash: str, run_id: str) -> list[str]:
     RUNNING runs are left alone. A deletion that fails is a warning. Returns the runs cleaned."""
     client = MlflowClient()
     runs = [client.get_run(run_id)] + [
-        r for r in search_training_runs(f"tags.`{keys.CONFIG_HASH_TAG}` = '{config_hash}' and "
-                                        "attributes.status != 'FINISHED' and attributes.status != 'RUNNING'")
+        r for r in tracking.search_all_experiments(f"tags.`{keys.CONFIG_HASH_TAG}` = '{config_hash}' and "
+                                                   "attributes.status != 'FINISHED' and attributes.status != 'RUNNING'")
         if r.info.run_id != run_id]
     cleaned = []
     for run in runs:

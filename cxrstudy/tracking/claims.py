@@ -25,14 +25,12 @@ import hashlib
 import json
 import os
 import socket
-import threading
 import time
-import uuid
-from typing import Callable
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from cxrstudy.data.exclusive import ExclusiveHold
 from cxrstudy.tracking import keys
 from cxrstudy.train.lock import HEARTBEAT_S, STALE_AFTER_S, pid_alive
 
@@ -48,17 +46,17 @@ def _code(e: MlflowException) -> str:
     return str(getattr(e, "error_code", ""))
 
 
-class ServerClaim:
+class ServerClaim(ExclusiveHold):
     """An exclusive claim on ``key`` at the tracking server; ``acquire`` waits, ``release`` gives it
     back. ``what`` says in the registry what the claim is for. See the module docstring."""
 
+    heartbeat_s = HEARTBEAT_S
+    poll_s = 2.0  # a waiter polls the server: not as often as a file
+
     def __init__(self, key: str, what: str = "") -> None:
+        super().__init__()
         self.name = CLAIM_PREFIX + key
         self.what = what
-        self.token = uuid.uuid4().hex
-        self.held = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------------------- the holder
     def holder(self, name: str | None = None) -> dict | None:
@@ -112,42 +110,12 @@ class ServerClaim:
             self._break(info)
         return False
 
-    def acquire(self, *, stop: Callable[[], bool] | None = None, on_wait: Callable[[str], None] | None = None,
-                poll_s: float = 2.0, stop_every_s: float = 2.0) -> bool:
-        """Wait for the claim. True once held; False as soon as ``stop()`` says waiting is pointless
-        (the holder finished the work we wanted). ``on_wait`` gets one message naming the holder."""
-        told, last_stop = False, 0.0
-        while True:
-            if self.try_acquire():
-                return True
-            if not told and on_wait is not None:
-                on_wait(self.describe(self.holder()))
-                told = True
-            now = time.monotonic()
-            if stop is not None and now - last_stop >= stop_every_s:
-                last_stop = now
-                if stop():
-                    return False
-            time.sleep(poll_s)
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        if self.held:
-            try:
-                if (self.holder() or {}).get("token") == self.token:
-                    MlflowClient().delete_registered_model(self.name)
-            except MlflowException:
-                pass  # gone already, or the server is down: the claim goes stale on its own
-        self.held = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
+    def _give_back(self) -> None:
+        try:
+            if (self.holder() or {}).get("token") == self.token:
+                MlflowClient().delete_registered_model(self.name)
+        except MlflowException:
+            pass  # gone already, or the server is down: the claim goes stale on its own
 
     # ------------------------------------------------------------------------------ internals
     def _create(self) -> bool:
@@ -167,18 +135,14 @@ class ServerClaim:
         return True
 
     def _held(self) -> None:
-        self.held = True
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._beat, name=f"claim-heartbeat-{self.name}", daemon=True)
-        self._thread.start()
+        self._start_heartbeat(f"claim-heartbeat-{self.name}")
 
-    def _beat(self) -> None:
-        client = MlflowClient()
-        while not self._stop.wait(HEARTBEAT_S):
-            try:
-                client.set_registered_model_tag(self.name, keys.CLAIM_HEARTBEAT_TAG, f"{time.time():.0f}")
-            except MlflowException:
-                continue  # the server is down for a while, or the claim was broken: keep trying
+    def _beat_once(self) -> bool:
+        try:
+            MlflowClient().set_registered_model_tag(self.name, keys.CLAIM_HEARTBEAT_TAG, f"{time.time():.0f}")
+        except MlflowException:
+            pass  # the server is down for a while, or the claim was broken: keep trying
+        return True
 
     def _break(self, judged: dict) -> None:
         """Remove a claim judged stale, never a fresh claim taken meanwhile."""

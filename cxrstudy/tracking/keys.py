@@ -42,6 +42,8 @@ TUNE_SPEC_ATTR = "cxrstudy.spec"
 TUNE_SURPLUS_ATTR = "cxrstudy.surplus"
 TUNE_ERROR_ATTR = "cxrstudy.error"
 TUNE_HEARTBEAT_ATTR = "cxrstudy:heartbeat"
+TUNE_PARENT_ATTR = "mlflow_parent_run_id"  # on the study: the run id of its MLflow parent run
+TUNE_RUN_ID_ATTR = "mlflow_run_id"  # on a trial: the id of its MLflow run
 
 # --- entry points, as tagged -----------------------------------------------------------------
 ENTRY_PREPROCESS = "preprocess"

@@ -134,6 +134,38 @@ def find_finished(tag: str, value: str):
     return runs[0] if runs else None
 
 
+def search_all_experiments(filter_string: str, experiment_ids=None):
+    """The runs matching ``filter_string`` in ``experiment_ids`` (default: every experiment), newest
+    first, at most 50 (how a configuration's runs are found wherever they were logged)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment_ids = experiment_ids or [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiment_ids, filter_string, order_by=["attributes.start_time DESC"], max_results=50)
+
+
+def mark_orphans_failed(tag: str, value: str, *, also: str = "", status: str = "FAILED", reason: str | None = None,
+                        keep=()) -> list[str]:
+    """End the RUNNING runs (in any experiment) whose tag ``tag`` is ``value``: their process died
+    (killed, out of memory, a cancelled Slurm task) or was stopped, and cannot end them itself.
+
+    ``status``: FAILED, or KILLED for a run stopped on purpose; ``reason`` goes in tag
+    FAILED_REASON_TAG when given; ``also``: more of the filter (`` and ...``); ``keep``: run ids
+    to leave alone. Returns the ids of the runs ended."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    ended = []
+    for r in search_all_experiments(f"tags.`{tag}` = '{value}' and attributes.status = 'RUNNING'" + also):
+        if r.info.run_id in keep:
+            continue
+        if reason:
+            client.set_tag(r.info.run_id, keys.FAILED_REASON_TAG, reason)
+        client.set_terminated(r.info.run_id, status)
+        ended.append(r.info.run_id)
+    return ended
+
+
 @contextmanager
 def run(run_name: str | None = None, *, tags: dict | None = None, nested: bool = False, parent_run_id=None,
         log_system_metrics: bool | None = None):

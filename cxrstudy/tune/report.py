@@ -15,6 +15,7 @@ from dataclasses import replace
 import optuna
 from optuna.trial import TrialState
 
+from cxrstudy.tracking import keys
 from cxrstudy.train.config import TrainConfig, config_to_params
 
 
@@ -64,7 +65,7 @@ def log_summary(client, parent_run_id: str, study: optuna.Study, settings, *, pa
         metrics["tune/best_value"] = best.value
         tags.update({f"best.{k}": str(v) for k, v in values.items()})
         tags.update({"best.trial_number": str(best.number),
-                     "best.mlflow_run_id": best.user_attrs.get("mlflow_run_id", "")})
+                     "best.mlflow_run_id": best.user_attrs.get(keys.TUNE_RUN_ID_ATTR, "")})
         client.log_text(parent_run_id, out["command"] + "\n", "best_train_command.txt")
         client.log_text(parent_run_id, json.dumps({"objective": settings.objective, "best_value": best.value,
                                                    "best_trial": best.number, "params": values,

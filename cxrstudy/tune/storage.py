@@ -17,7 +17,8 @@
 
 Every storage records a **heartbeat** of each running trial. A trial whose process died (killed,
 preempted, out of memory) stops beating; after ``grace_period`` seconds any ``tune`` process
-of the study marks it FAIL and calls ``on_stale`` (which re-queues it: see ``tuning.py``).
+of the study marks it FAIL and calls ``on_stale`` (which re-queues it:
+:meth:`cxrstudy.runs.tune_worker.StudyWorker.on_stale`).
 RDB storages do this natively; Optuna's JournalStorage has no heartbeat, so
 :class:`HeartbeatJournalStorage` adds one (the beat is a trial system attribute holding the
 writer's wall-clock time, so the machines sharing a journal need synchronised clocks).

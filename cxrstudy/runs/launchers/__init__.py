@@ -3,7 +3,10 @@
 - ``local`` (default): in this process, or ``workers`` parallel processes on this machine (one
   per visible GPU with ``workers=auto``), :mod:`cxrstudy.runs.launchers.local`;
 - ``slurm``: one Slurm job-array task per unfinished cell, each ``mlflow run ... -e train``
-  against a shared tracking server, :mod:`cxrstudy.runs.launchers.slurm`.
+  against a shared tracking server, :mod:`cxrstudy.runs.launchers.slurm` (its options
+  :mod:`~cxrstudy.runs.launchers.slurm_options`, job script :mod:`~cxrstudy.runs.launchers.slurm_script`
+  and Slurm commands :mod:`~cxrstudy.runs.launchers.slurm_commands`; what both launchers share
+  :mod:`cxrstudy.runs.launchers.common`).
 
 ``main`` merges :data:`LAUNCHER_PARAMS` into its parameters and calls :func:`launcher_from_params`
 before any work, so a bad value or a missing service is reported at once.
@@ -40,7 +43,8 @@ class Launcher:
     def check(self, tracking_uri: str) -> None:
         """Fail before any work when this launcher cannot run here."""
         if self.name == "slurm":
-            from cxrstudy.runs.launchers.slurm import check_slurm, check_tracking_uri
+            from cxrstudy.runs.launchers.slurm import check_tracking_uri
+            from cxrstudy.runs.launchers.slurm_commands import check_slurm
 
             check_tracking_uri(tracking_uri)
             check_slurm()
@@ -65,7 +69,7 @@ def launcher_from_params(raw: dict) -> Launcher:
         raise UsageError(f"parameter launcher={raw.get('launcher')!r} is not allowed; expected one of: "
                          f"{', '.join(LAUNCHERS)}")
     if name == "slurm":
-        from cxrstudy.runs.launchers.slurm import options_from_params
+        from cxrstudy.runs.launchers.slurm_options import options_from_params
 
         return Launcher("slurm", options_from_params(raw))
     given = [k for k in LAUNCHER_PARAMS if k.startswith("slurm_") and str(raw.get(k, "")).strip()]

@@ -22,19 +22,18 @@ import argparse
 import getpass
 import os
 import sys
-from pathlib import Path
 
+from cxrstudy.runs.launchers.common import ROOT
 from cxrstudy.tracking import keys
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def task_key(environ=None) -> str:
-    env = os.environ if environ is None else environ
-    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
-        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    if env.get("SLURM_JOB_ID"):
-        return env["SLURM_JOB_ID"]
+    """``<array job id>_<task id>`` (or the plain job id) of the Slurm task this process runs in."""
+    environ = os.environ if environ is None else environ
+    if environ.get("SLURM_ARRAY_JOB_ID") and environ.get("SLURM_ARRAY_TASK_ID"):
+        return f"{environ['SLURM_ARRAY_JOB_ID']}_{environ['SLURM_ARRAY_TASK_ID']}"
+    if environ.get("SLURM_JOB_ID"):
+        return environ["SLURM_JOB_ID"]
     raise SystemExit("cxrstudy.runs.launchers.job runs inside a Slurm job (SLURM_JOB_ID is not set)")
 
 

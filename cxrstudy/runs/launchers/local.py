@@ -30,48 +30,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cxrstudy.errors import DataError, UsageError
-from cxrstudy.runs.train import find_trained, run_training
+from cxrstudy.runs.launchers.common import ROOT, cell_name, http_retry_env, pending
+from cxrstudy.runs.train import run_training
 from cxrstudy.tracking import keys
+from cxrstudy.tracking.runs import mark_orphans_failed
 from cxrstudy.train.config import TrainConfig, config_to_params
 from cxrstudy.train.device import TRAIN_THREADS
-
-ROOT = Path(__file__).resolve().parents[3]
-
-#: HTTP retry settings for workers talking to a tracking server (a user's own values win):
-#: 10 retries with exponential backoff (capped at 120 s each) ride out a server restart of
-#: several minutes; retried requests are safe because runs are created idempotently
-#: (see :mod:`cxrstudy.runs.launchers.job`).
-HTTP_RETRY_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "10",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1.0",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "120",
-}
-
-
-def http_retry_env(environ=None) -> dict:
-    environ = os.environ if environ is None else environ
-    return {k: environ.get(k, v) for k, v in HTTP_RETRY_ENV.items()}
-
-
-def pending(cells: list[TrainConfig]) -> list[TrainConfig]:
-    return [c for c in cells if find_trained(c) is None]
-
-
-def mark_orphans_failed(cfg: TrainConfig, extra_filter: str = "", *, status: str = "FAILED",
-                        reason: str | None = None) -> None:
-    """A worker that died (killed, out of memory) cannot end its run: mark it FAILED (or ``status``)
-    for it, with ``reason`` in tag FAILED_REASON_TAG when given."""
-    from mlflow.tracking import MlflowClient
-
-    from cxrstudy.runs.train import search_training_runs
-
-    client = MlflowClient()
-    for run in search_training_runs(f"tags.`{keys.CONFIG_HASH_TAG}` = '{cfg.content_hash()}' and attributes.status = 'RUNNING'"
-                                    + extra_filter):
-        if reason:
-            client.set_tag(run.info.run_id, keys.FAILED_REASON_TAG, reason)
-        client.set_terminated(run.info.run_id, status)
 
 
 #: how long an interrupted worker may take to end its run KILLED before it is killed
@@ -166,16 +130,16 @@ def slot_gpu(slot: int, gpus: list[str]) -> str | None:
 
 
 def worker_env(i: int, workers: int, tracking_uri: str, experiment_id: str, gpus: list[str] | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
     threads = max(1, usable_cores() // workers)
-    env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_EXPERIMENT_ID=experiment_id,
-               OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    environ.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_EXPERIMENT_ID=experiment_id,
+                   OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
     if str(tracking_uri).startswith(("http://", "https://")):
-        env.update(http_retry_env())
+        environ.update(http_retry_env())
     gpu = slot_gpu(i, visible_gpus() if gpus is None else gpus)
     if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-    return env
+        environ["CUDA_VISIBLE_DEVICES"] = gpu
+    return environ
 
 
 def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str | None = None,
@@ -243,7 +207,8 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
             mine = f" and tags.`mlflow.parentRunId` = '{parent_run_id}'" if parent_run_id else ""
             for cfg, _ in running:
                 try:
-                    mark_orphans_failed(cfg, mine, status="KILLED", reason="interrupted: the study was stopped")
+                    mark_orphans_failed(keys.CONFIG_HASH_TAG, cfg.content_hash(), also=mine, status="KILLED",
+                                        reason="interrupted: the study was stopped")
                 except Exception as e:  # the store is unreachable: say so, do not hide the interrupt
                     print(f"warning: could not mark the run of {cell_name(cfg)} KILLED: {str(e).splitlines()[0]}",
                           file=sys.stderr)
@@ -259,7 +224,7 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
                 cfg, rc, log = fut.result()
                 if rc != 0:
                     failed.append((cfg, rc, log))
-                    mark_orphans_failed(cfg)
+                    mark_orphans_failed(keys.CONFIG_HASH_TAG, cfg.content_hash())
                     tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
                     print(f"cell {cell_name(cfg)} failed (exit {rc}): {tail[0] if tail else ''} [log: {log}]",
                           file=sys.stderr)
@@ -273,9 +238,6 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
         raise DataError(f"{len(failed)} of {len(todo)} training cells failed; their logs: "
                         + ", ".join(str(f[2]) for f in failed[:5]) + "; run again to retry them")
 
-
-def cell_name(cfg: TrainConfig) -> str:
-    return f"{'+'.join(cfg.envs)}/{cfg.label}/{cfg.balance}/s{cfg.seed}"
 
 
 def run_local(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str | None = None,
