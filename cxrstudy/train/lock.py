@@ -19,11 +19,10 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
 import time
-import uuid
 from pathlib import Path
-from typing import Callable
+
+from cxrstudy.data.exclusive import ExclusiveHold
 
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = float(os.environ.get("CXRSTUDY_LOCK_STALE_S", "600"))
@@ -65,15 +64,14 @@ def pid_alive(pid: int, start: str | None = None) -> bool:
     return True
 
 
-class TrainLock:
+class TrainLock(ExclusiveHold):
     """An exclusive lock file; ``acquire`` waits, ``release`` gives it back. See the module docstring."""
 
+    heartbeat_s = HEARTBEAT_S
+
     def __init__(self, path: Path) -> None:
+        super().__init__()
         self.path = Path(path)
-        self.token = uuid.uuid4().hex
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.held = False
 
     # -------------------------------------------------------------------------------- holder info
     def holder(self) -> dict | None:
@@ -128,42 +126,12 @@ class TrainLock:
             self._break(info)
         return False
 
-    def acquire(self, *, stop: Callable[[], bool] | None = None, on_wait: Callable[[str], None] | None = None,
-                poll_s: float = 0.5, stop_every_s: float = 2.0) -> bool:
-        """Wait for the lock. Returns True once held, or False as soon as ``stop()`` says waiting is
-        pointless (e.g. the holder finished the run we wanted). ``on_wait`` gets one message."""
-        told = False
-        last_stop = 0.0
-        while True:
-            if self.try_acquire():
-                return True
-            if not told and on_wait is not None:
-                on_wait(self.describe())
-                told = True
-            now = time.monotonic()
-            if stop is not None and now - last_stop >= stop_every_s:
-                last_stop = now
-                if stop():
-                    return False
-            time.sleep(poll_s)
-
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        if self.held and (self.holder() or {}).get("token") == self.token:
+    def _give_back(self) -> None:
+        if (self.holder() or {}).get("token") == self.token:
             try:
                 self.path.unlink()
             except FileNotFoundError:
                 pass
-        self.held = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
 
     # ------------------------------------------------------------------------------------ internals
     def _create(self) -> bool:
@@ -178,20 +146,17 @@ class TrainLock:
             json.dump(record, f)
             f.flush()
             os.fsync(f.fileno())
-        self.held = True
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._beat, name=f"lock-heartbeat-{self.path.name}", daemon=True)
-        self._thread.start()
+        self._start_heartbeat(f"lock-heartbeat-{self.path.name}")
         return True
 
-    def _beat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
-            if (self.holder() or {}).get("token") != self.token:
-                return  # lost (removed by hand): nothing to keep alive
-            try:
-                os.utime(self.path)
-            except OSError:
-                return
+    def _beat_once(self) -> bool:
+        if (self.holder() or {}).get("token") != self.token:
+            return False  # lost (removed by hand): nothing to keep alive
+        try:
+            os.utime(self.path)
+        except OSError:
+            return False
+        return True
 
     def _break(self, judged: dict) -> None:
         """Remove a lock judged stale, without ever removing a fresh lock taken meanwhile."""
