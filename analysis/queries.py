@@ -307,9 +307,14 @@ def log_results(result: dict) -> None:
     tracking.log_params({"experiment_ids": ",".join(result["experiment_ids"]), "source": result["source"] or "all",
                          "n_runs": result["n_runs"], "n_settings_total": len(result["settings"])},
                         prefix="cfg.analysis.")
-    if result["metrics"]:
-        mlflow.log_metrics(result["metrics"])
-    for path in result["files"].values():
+    log_outputs(result["metrics"], result["files"])
+
+
+def log_outputs(metrics: dict, files: dict) -> None:
+    """Log ``metrics`` and every file of ``files`` (name -> path) to the active MLflow run."""
+    if metrics:
+        mlflow.log_metrics(metrics)
+    for path in files.values():
         mlflow.log_artifact(str(path))
 
 

@@ -26,7 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cxrstudy.runs import cli  # noqa: E402
-from cxrstudy.tracking import keys  # noqa: E402
 
 PARAMS = {
     "envs": "mimic,cxp,nih",
@@ -49,83 +48,32 @@ def main(argv=None) -> None:
     raw = cli.parse(PARAMS, argv, prog="advise", doc=__doc__)
 
     def body():
-        import dataclasses
-        import tempfile
-
         import mlflow
-        import pandas as pd
 
-        from analysis.advise import SETTING, run_advise
-        from analysis.queries import comparison_table, training_seconds
+        from analysis.advise_study import ADVISED_BALANCES, run_study_advice
         from cxrstudy.data.dataspec import spec_from_params
-        from cxrstudy.data.sources import parse_source_kind
-        from cxrstudy.data.synthetic.config import SyntheticConfig
         from cxrstudy.errors import UsageError
-        from cxrstudy.evaluate.signals import setting_signals
         from cxrstudy.hospitals import parse_envs
         from cxrstudy.labels import parse_labels
         from cxrstudy.params import as_int, optional
         from cxrstudy.tracking import runs as tracking
-        from cxrstudy.train.balancing import BALANCE_HOSPITAL_LABEL, BALANCE_NONE, parse_balance
+        from cxrstudy.train.balancing import parse_balance_list
 
         envs = parse_envs(raw["envs"])
         if len(envs) < 2:
             raise UsageError(f"parameter envs={raw['envs']!r} names one hospital; advise needs at least two")
         labels = parse_labels(raw["labels"])
-        balances = []
-        for b in [p for p in raw["balances"].split(",") if p.strip()]:
-            b = parse_balance(b)
-            if b not in (BALANCE_NONE, BALANCE_HOSPITAL_LABEL):
-                raise UsageError(f"parameter balances: advise predicts balance none and hospital_label; got {b!r}")
-            if b not in balances:
-                balances.append(b)
+        balances = parse_balance_list(raw["balances"], allowed=ADVISED_BALANCES)
         seed = as_int("seed", raw["seed"], lo=0)
-        source = parse_source_kind(raw["source"])
-        images = source != "metadata"
         spec = spec_from_params(raw, as_int("image_size", raw["image_size"], lo=8, hi=1024))
         tracking.check_tracking_server(tracking.tracking_uri())
         if optional(raw["against"]):
-            exp = tracking.resolve_experiment(raw["against"])
-            tracking.setup(exp.name)
+            experiment = tracking.resolve_experiment(raw["against"])
+            tracking.setup(experiment.name)
         else:
             tracking.setup()
-            exp = mlflow.get_experiment(tracking.current_experiment_id())
-        settings = [(b, a, lab, bal) for lab in labels for b in envs for a in envs if a != b for bal in balances]
-        signals = setting_signals(spec, settings, images=images, seed=seed)
-
-        studied = "real" if source == "metadata" else source
-        history = comparison_table([exp.experiment_id], studied)
-        history = history[(history["method"] == keys.DEFAULT_METHOD)
-                          & history["balance"].isin([BALANCE_NONE, BALANCE_HOSPITAL_LABEL])
-                          & history["delta_ci_low"].notna()]
-        hist_signals = []
-        for strength, part in history.groupby(history["shortcut_strength"].fillna(-1.0), sort=True):
-            s_spec = spec
-            if spec.is_synthetic and strength >= 0:
-                s_spec = dataclasses.replace(spec, synthetic=SyntheticConfig(
-                    **{**spec.synthetic.to_dict(), "shortcut_strength": float(strength)}))
-            sig = setting_signals(s_spec, list(part[SETTING].itertuples(index=False, name=None)),
-                                  images=images, seed=seed)
-            hist_signals.append(sig.merge(part, on=SETTING))
-        hist = pd.concat(hist_signals, ignore_index=True) if hist_signals else None
-        seeds = sorted({int(s) for ss in history["seeds"] for s in str(ss).split(",") if s.strip()})
-        grid_s = training_seconds([exp.experiment_id], seeds or None) if len(history) else float("nan")
-        hist_cost = (float(hist["table_seconds"].sum() + hist["image_seconds"].sum())
-                     if hist is not None else float("nan"))
-        with tempfile.TemporaryDirectory(prefix="cxrstudy-advise-") as tmp:
-            result = run_advise(signals, hist, tmp, images=images, studies=f"experiment {exp.name!r}",
-                                grid_seconds=grid_s, history_signal_seconds=hist_cost)
-            print("\n".join(result["report"]), flush=True)
-            with tracking.run(run_name=f"advise-{'+'.join(envs)}", tags={keys.ENTRY_TAG: keys.ENTRY_ADVISE,
-                                                                           "source": source}):
-                tracking.mark_synthetic(spec.is_synthetic)
-                tracking.log_params({"envs": ",".join(envs), "labels": ",".join(labels),
-                                     "balances": ",".join(balances), "signals": "tables+images" if images
-                                     else "tables", "fitted_on": result["fitted_on"][:250]}, prefix="cfg.")
-                mlflow.log_metrics(result["metrics"])
-                for path in result["files"].values():
-                    mlflow.log_artifact(str(path))
-                print(f"advice logged to run {mlflow.active_run().info.run_id}", file=sys.stderr)
+            experiment = mlflow.get_experiment(tracking.current_experiment_id())
+        run_study_advice(spec, envs, labels, balances, experiment, images=spec.source != "metadata", seed=seed)
 
     cli.run(body)
 

@@ -50,7 +50,7 @@ def main(argv=None) -> None:
 
     def body():
         from cxrstudy.tracking import runs as tracking
-        from cxrstudy.train.balancing import parse_balance
+        from cxrstudy.train.balancing import parse_balance_list
         from cxrstudy.train.config import config_from_params, for_method
         from cxrstudy.errors import UsageError
         from cxrstudy.hospitals import parse_envs
@@ -70,12 +70,7 @@ def main(argv=None) -> None:
             raise UsageError(f"parameter envs={raw['envs']!r} names one hospital; the study needs at least two")
         labels = parse_labels(raw["labels"])
         seeds = as_int_list("seeds", raw["seeds"], lo=0)
-        balances = []
-        for b in [p for p in raw["balances"].split(",") if p.strip()]:
-            if parse_balance(b) not in balances:
-                balances.append(parse_balance(b))
-        if not balances:
-            raise UsageError("parameter balances is empty; expected e.g. none,hospital_label")
+        balances = parse_balance_list(raw["balances"])
         workers = resolve_workers(raw["workers"])  # auto: one per visible GPU, else one per core
         launcher = launcher_from_params(raw)
         n_boot = as_int("n_bootstrap", raw["n_bootstrap"], lo=10, hi=100000)

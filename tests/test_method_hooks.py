@@ -16,6 +16,7 @@ import cxrstudy.train.registry as registry
 from cxrstudy.train.config import with_method
 from cxrstudy.train.loop import prepare_data, train_model
 from cxrstudy.train.methods import DEFAULT_METHOD, HParam, Method, method_names, register
+from test_methods_training import crash_at_step
 from test_train_evaluate import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,15 +95,7 @@ def test_a_method_with_phases_of_its_own_trains_through_the_loop(tmp_path, logit
 
     # resumed after a crash: the phase is skipped, its result comes back from the checkpoint, and
     # the run ends where the uninterrupted one did
-    class Crash(Exception):
-        pass
-
-    def crash(step, m):
-        if step == 4:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train_model(cfg, data, device=CPU, checkpoint_dir=tmp_path / "cut", on_eval=crash, progress=False)
+    crash_at_step(cfg, data, tmp_path / "cut", 4)
     resumed = train_model(cfg, data, device=CPU, checkpoint_dir=tmp_path / "cut", progress=False)
     assert logitadj[-1].calls == [("before", True), ("after", resumed.best_step)]
     assert resumed.history == out.history and "logitadj/prior_pos" not in resumed.extra

@@ -27,20 +27,27 @@ def _cfg(tmp_path, method, **hp):
     return with_method(cfg, method, {k: str(v) for k, v in hp.items()})
 
 
+class Crash(Exception):
+    """What :func:`crash_at_step` raises to cut a training short."""
+
+
+def crash_at_step(cfg, data, checkpoint_dir, step: int) -> None:
+    """Train ``cfg`` into ``checkpoint_dir`` and crash at the validation of ``step`` (a killed run)."""
+
+    def crash(at, m):
+        if at == step:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_model(cfg, data, device=CPU, checkpoint_dir=checkpoint_dir, on_eval=crash, progress=False)
+
+
 def test_groupdro_resumes_exactly_with_its_state(tmp_path):
     cfg = _cfg(tmp_path, "groupdro", groupdro_eta=0.5)
     data = prepare_data(cfg, progress=False)
     full = train_model(cfg, data, device=CPU, checkpoint_dir=tmp_path / "full", progress=False)
 
-    class Crash(Exception):
-        pass
-
-    def crash(step, m):
-        if step == 4:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train_model(cfg, data, device=CPU, checkpoint_dir=tmp_path / "cut", on_eval=crash, progress=False)
+    crash_at_step(cfg, data, tmp_path / "cut", 4)
     saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert set(saved["method"]) == {"q"} and not torch.allclose(saved["method"]["q"], torch.full((4,), 0.25))
     resumed = train_model(cfg, data, device=CPU, checkpoint_dir=tmp_path / "cut", progress=False)

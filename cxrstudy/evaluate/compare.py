@@ -28,6 +28,8 @@ from cxrstudy.evaluate.metrics import evaluate_predictions
 from cxrstudy.labels import label_key
 from cxrstudy.tracking import keys
 from cxrstudy.train.balancing import BALANCE_NONE
+from cxrstudy.train.groups import parse_group_name
+from cxrstudy.train.registry import method_suffix
 from cxrstudy.train.config import TrainConfig, normalise_envs
 
 
@@ -46,7 +48,7 @@ class Setting:
 
     @property
     def name(self) -> str:
-        method = "" if self.method == keys.DEFAULT_METHOD else f"/{self.method}"
+        method = method_suffix(self.method, "/")
         return f"{self.base}+{self.added}/{label_key(self.label)}/{self.balance}{method}"
 
 
@@ -69,8 +71,8 @@ def compare_key(setting: Setting, seeds, single_hashes, pair_hashes, n_bootstrap
 
 def worst_group_size(metrics: dict) -> int:
     """How many test images the worst group of ``evaluate_predictions``' result holds."""
-    env, value = metrics["wga_group"].split("/y=")
-    return int(metrics[f"{env}/n_pos"] if value == "1" else metrics[f"{env}/n_neg"])
+    env, value = parse_group_name(metrics["wga_group"])
+    return int(metrics[f"{env}/n_pos"] if value == 1 else metrics[f"{env}/n_neg"])
 
 
 def wga_at(metrics: dict, env: str) -> float:

@@ -19,6 +19,7 @@ from cxrstudy.tracking import keys
 from cxrstudy.tracking import runs as tracking
 from cxrstudy.tracking.claims import ServerClaim, claim_key
 from cxrstudy.train.balancing import BALANCE_NONE
+from cxrstudy.train.registry import method_suffix
 from cxrstudy.train.config import TrainConfig, with_method
 
 
@@ -109,7 +110,7 @@ def _compute(setting: Setting, template: TrainConfig, seeds: list[int], key: str
             **({keys.SHORTCUT_STRENGTH_TAG: f"{template.data.synthetic.shortcut_strength:g}"}
                if template.data.is_synthetic else {}),
             "seeds": ",".join(map(str, seeds))}
-    method = "" if setting.method == keys.DEFAULT_METHOD else f"-{setting.method}"
+    method = method_suffix(setting.method)
     name = f"compare-{setting.base}+{setting.added}-{label_key(setting.label)}-{setting.balance}{method}"
     with tracking.run(run_name=name, tags=tags, nested=parent_run_id is not None or mlflow.active_run() is not None,
                       parent_run_id=parent_run_id) as active:

@@ -39,6 +39,7 @@ from cxrstudy.train.loop import discard_damaged_checkpoint, prepare_data, train_
 from cxrstudy.data.cache import check_cache_dir
 from cxrstudy.train.lock import TrainLock
 from cxrstudy.train.models import build_model, check_pretrained
+from cxrstudy.train.registry import method_suffix
 
 
 def checkpoint_dir(cfg: TrainConfig) -> Path:
@@ -171,7 +172,7 @@ def name_of(cfg: TrainConfig) -> str:
 
 def run_name_of(cfg: TrainConfig) -> str:
     """train-<envs>-<label>-<balance>[-<method>]-s<seed> (ERM's names are those from before methods)."""
-    method = "" if cfg.method == keys.DEFAULT_METHOD else f"-{cfg.method}"
+    method = method_suffix(cfg.method)
     return f"train-{'+'.join(cfg.envs)}-{cfg.label.replace(' ', '_')}-{cfg.balance}{method}-s{cfg.seed}"
 
 

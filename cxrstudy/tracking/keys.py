@@ -2,11 +2,14 @@
 
 Tags, MLflow metric prefixes, the names of the entry points as tagged and the arms of a
 comparison are defined here once and imported everywhere else (the balance modes, a training
-concept, live with balancing: :mod:`cxrstudy.train.balancing`). This module imports nothing but
-the standard library, so any layer may use it.
+concept, live with balancing: :mod:`cxrstudy.train.balancing`; the default method's name with the
+method registry). This module imports nothing but the standard library and that one name, so any
+layer from training on may use it.
 """
 
 from __future__ import annotations
+
+from cxrstudy.train.registry import DEFAULT_METHOD  # noqa: F401 (re-exported: runs before methods existed carry no method tag; they are ERM)
 
 # --- run tags ---------------------------------------------------------------------------
 ENTRY_TAG = "cxrstudy.entry"  # which entry point made the run (values: ENTRY_* below)
@@ -14,8 +17,7 @@ SYNTHETIC_TAG = "cxrstudy.synthetic"  # "true" on every run that used the synthe
 CONFIG_HASH_TAG = "cxrstudy.config_hash"  # a training run's identity (config + data fingerprint)
 DATA_FINGERPRINT_TAG = "cxrstudy.data_fingerprint"  # the fingerprint of the data a training run read
 METHOD_TAG = "method"  # the training method of a training or comparison run (like "balance", "label")
-DEFAULT_METHOD = "erm"
-SHORTCUT_STRENGTH_TAG = "shortcut_strength"  # a synthetic comparison's shortcut strength (the dose)  # runs from before methods existed carry no method tag: they are ERM
+SHORTCUT_STRENGTH_TAG = "shortcut_strength"  # a synthetic comparison's shortcut strength (the dose)
 COMPARE_KEY_TAG = "cxrstudy.compare_key"  # a comparison's identity
 PROBE_KEY_TAG = "cxrstudy.probe_key"  # a probe's identity
 NOISE_FLOOR_KEY_TAG = "cxrstudy.noise_floor_key"  # an A/A comparison's identity

@@ -32,6 +32,21 @@ def parse_balance(value: str) -> str:
     return v
 
 
+def parse_balance_list(value: str, allowed=BALANCE_MODES) -> list[str]:
+    """``"none,hospital_label"`` -> the balance modes in order, each once (UsageError when empty or
+    when a mode is not among ``allowed``)."""
+    out = []
+    for part in [p for p in str(value).split(",") if p.strip()]:
+        mode = parse_balance(part)
+        if mode not in allowed:
+            raise UsageError(f"parameter balances: {mode!r} is not available here; expected some of: {', '.join(allowed)}")
+        if mode not in out:
+            out.append(mode)
+    if not out:
+        raise UsageError(f"parameter balances is empty; expected e.g. {BALANCE_NONE},{BALANCE_HOSPITAL_LABEL}")
+    return out
+
+
 def prevalence(y: np.ndarray) -> float:
     return float(np.mean(y)) if len(y) else float("nan")
 

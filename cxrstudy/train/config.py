@@ -12,7 +12,7 @@ from cxrstudy.errors import UsageError
 from cxrstudy.hospitals import HOSPITALS, parse_envs
 from cxrstudy.labels import canonical_label, label_key
 from cxrstudy.params import as_bool, as_choice, as_float, as_int, given, optional
-from cxrstudy.train.balancing import BALANCE_MODES, parse_balance
+from cxrstudy.train.balancing import BALANCE_MODES, BALANCE_NONE, BALANCE_SIZE_MATCHED, parse_balance
 from cxrstudy.train.models import BACKBONES, normalise_pretrained
 from cxrstudy.train.methods import DEFAULT_METHOD, all_hparam_names, get_method, method_suffix, parse_hparams
 from cxrstudy.train.presets import resolve_preset
@@ -22,7 +22,7 @@ TRAIN_PARAMS = {
     "envs": "cxp,nih",
     "label": "Effusion",
     "seed": "0",
-    "balance": "none",
+    "balance": BALANCE_NONE,
     "preset": "auto",
     "backbone": "",
     "pretrained": "",
@@ -52,7 +52,7 @@ def normalise_envs(envs, balance: str) -> tuple[str, ...]:
     size-matched variant keeps its first (base) hospital first."""
     envs = list(envs)
     order = sorted(envs, key=HOSPITALS.index)
-    if balance == "size_matched":
+    if balance == BALANCE_SIZE_MATCHED:
         return (envs[0],) + tuple(e for e in order if e != envs[0])
     return tuple(order)
 
@@ -63,7 +63,7 @@ class TrainConfig:
     label: str
     data: DataSpec
     seed: int = 0
-    balance: str = "none"
+    balance: str = BALANCE_NONE
     preset: str = "cpu"
     backbone: str = "smallcnn"
     pretrained: str = "none"
@@ -83,7 +83,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.balance not in BALANCE_MODES:
             raise UsageError(f"unknown balance {self.balance!r}; expected one of: {', '.join(BALANCE_MODES)}")
-        if self.balance != "none" and len(self.envs) < 2:
+        if self.balance != BALANCE_NONE and len(self.envs) < 2:
             raise UsageError(f"balance={self.balance} needs at least two training hospitals; got {','.join(self.envs)}")
         if self.backbone not in BACKBONES:
             raise UsageError(f"unknown backbone {self.backbone!r}; expected one of: {', '.join(BACKBONES)}")
@@ -172,7 +172,7 @@ def config_from_params(raw: dict) -> TrainConfig:
         v = given(raw.get(name, ""))
         return preset[name] if v is None else v
 
-    balance = parse_balance(raw.get("balance", "none"))
+    balance = parse_balance(raw.get("balance", BALANCE_NONE))
     envs = normalise_envs(parse_envs(raw["envs"]), balance)
     label = canonical_label(raw["label"])
     image_size = as_int("image_size", pick("image_size"), lo=16, hi=1024)

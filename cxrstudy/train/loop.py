@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from cxrstudy.data.loader import EqualShareBatches, HospitalPool, Prefetcher
 from cxrstudy.errors import DataError
 from cxrstudy.train.augment import augment
-from cxrstudy.train.balancing import hospital_label_balance, prevalence, size_match
+from cxrstudy.train.balancing import (BALANCE_HOSPITAL_LABEL, BALANCE_SIZE_MATCHED, hospital_label_balance,
+                                      prevalence, size_match)
 from cxrstudy.train.config import TrainConfig
 from cxrstudy.train.device import autocast, place_model, prepare_input, reproducible
 from cxrstudy.train.groups import N_LABELS, group_ids, n_groups, train_groups
@@ -67,10 +68,10 @@ def prepare_data(cfg: TrainConfig, progress: bool = True) -> TrainData:
         counts[f"{e}/train/prev_before"] = prevalence(ty[e])
         counts[f"{e}/val/n_before"] = len(vy[e])
         counts[f"{e}/val/prev_before"] = prevalence(vy[e])
-    if cfg.balance == "hospital_label":
+    if cfg.balance == BALANCE_HOSPITAL_LABEL:
         keep_t, keep_v, target = hospital_label_balance(ty, vy, cfg.seed, cfg.label)
         counts["balance/target_prevalence"] = target
-    elif cfg.balance == "size_matched":
+    elif cfg.balance == BALANCE_SIZE_MATCHED:
         keep_t = size_match(ty, cfg.envs[0], cfg.seed)
     for e in cfg.envs:
         counts[f"{e}/train/n"] = len(keep_t[e])
