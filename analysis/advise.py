@@ -191,10 +191,14 @@ def report_lines(advice, coefs, fitted_on, images, scores, validation, metrics) 
     if validation is not None:
         lines += ["Validation (leave-one-hospital-pair-out; the study's verdicts from its seed-aware CIs; "
                   f"{scores['advise']['n_settings']} settings, {scores['advise']['n_significant']} significant):", "",
-                  "| predictor | sign accuracy (significant settings) | AUROC, significantly hurt | verdict accuracy | r |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {m} | {s['sign_accuracy']:.2f} | {s['hurt_auroc']:.2f} | {s['verdict_accuracy']:.2f} | "
-                  f"{s['delta_corr']:.2f} |" for m, s in scores.items()]
+                  "| predictor | sign accuracy (significant settings) | AUROC, significantly hurt | AUROC, lowered (any) "
+                  "| verdict accuracy | r |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {m} | {s['sign_accuracy']:.2f} | {s['hurt_auroc']:.2f} | {s['lower_auroc']:.2f} | "
+                  f"{s['verdict_accuracy']:.2f} | {s['delta_corr']:.2f} |" for m, s in scores.items()]
+        lines += ["", f"The study called {scores['advise']['n_significantly_hurt']} settings significantly hurt "
+                  f"and lowered WGA in {scores['advise']['n_lower']} (mean change below 0); an AUROC needs both kinds "
+                  "(nan otherwise)."]
         if "advise/cost/fraction" in metrics:
             lines += ["", f"Cost: the signals took {metrics['advise/cost/signal_seconds']:.1f} s against "
                       f"{metrics['advise/cost/grid_seconds']:.0f} s of training for the studied grid "

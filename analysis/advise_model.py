@@ -159,7 +159,8 @@ def score(measured: list[str], predicted_mu, predicted_p, delta) -> dict:
     """How well predictions match a study: ``sign_accuracy`` (of the settings the study calls
     significant, the share whose predicted change has the measured sign), ``verdict_accuracy`` (the
     three-way verdict over every setting), ``hurt_auroc`` (P(hurt) ranking the significantly hurt
-    settings above the rest), ``delta_corr`` (Pearson r with the measured change), and the counts."""
+    settings above the rest), ``lower_auroc`` (the same for the settings whose mean change is below 0,
+significant or not), ``delta_corr`` (Pearson r with the measured change), and the counts."""
     measured = np.asarray(measured)
     mu = np.asarray(predicted_mu, float)
     p = np.asarray(predicted_p, float)
@@ -167,11 +168,12 @@ def score(measured: list[str], predicted_mu, predicted_p, delta) -> dict:
     sign_ok = np.where(measured == HURTS, mu < 0, mu > 0)
     d = np.asarray(delta, float)
     corr = float(np.corrcoef(mu, d)[0, 1]) if len(d) > 2 and np.std(mu) > 0 and np.std(d) > 0 else float("nan")
-    return {"n_settings": int(len(measured)), "n_significant": int(sig.sum()),
+    return {"n_settings": int(len(measured)), "n_significant": int(sig.sum()), "n_lower": int((d < 0).sum()),
             "n_significantly_hurt": int((measured == HURTS).sum()),
             "sign_accuracy": float(sign_ok[sig].mean()) if sig.any() else float("nan"),
             "verdict_accuracy": float((np.asarray(verdict(p)) == measured).mean()) if len(measured) else float("nan"),
             "hurt_auroc": _auroc(measured == HURTS, p),
+            "lower_auroc": _auroc(d < 0, p),
             "delta_corr": corr}
 
 

@@ -11,7 +11,7 @@ recommendation (pool, pool with hospital-label balancing, keep apart), from chea
 tables (prevalences, sizes, how strongly hospital and label are associated once pooled) and, unless
 ``source=metadata`` (label tables only), a domain classifier on small thumbnails of the train images.
 The predictor is a ridge regression fitted on the finished studies of the experiment (``against``,
-default: the current experiment), scored there by leave-one-hospital-pair-out cross-validation
+default: the current experiment; a main run's id names its experiment), scored there by leave-one-hospital-pair-out cross-validation
 against the studies' seed-aware verdicts, next to three baselines; with no study to learn from it
 uses the shipped predictor (``analysis/advise_default.json``). Logs ``advise/...`` metrics and
 advice.csv, advice_validation.csv, advice_confusion.csv, advice_coefficients.csv, predictor.json,
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
         spec = spec_from_params(raw, as_int("image_size", raw["image_size"], lo=8, hi=1024))
         tracking.check_tracking_server(tracking.tracking_uri())
         if optional(raw["against"]):
-            experiment = tracking.resolve_experiment(raw["against"])
+            experiment = tracking.resolve_experiment(raw["against"], runs_too=True)
             tracking.setup(experiment.name)
         else:
             tracking.setup()

@@ -159,7 +159,9 @@ def test_advise_learns_from_a_finished_study_and_scores_itself_against_it(store,
                     for bal in ("none", "hospital_label"):
                         dd = d if bal == "none" else 0.03
                         log_compare(eid, b, a, "Any", dd, dd - 0.02, dd + 0.02, balance=bal, strength=strength)
-    entry.main(_argv(tmp_path, "--against", "study"))
+    main_run = MlflowClient().create_run(eid, tags={keys.ENTRY_TAG: keys.ENTRY_MAIN}).info.run_id
+    MlflowClient().set_terminated(main_run)
+    entry.main(_argv(tmp_path, "--against", main_run))  # a main run's id names its experiment
     runs = mlflow.search_runs([eid], f"tags.`{keys.ENTRY_TAG}` = '{keys.ENTRY_ADVISE}'", output_format="list")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     m = runs[0].data.metrics

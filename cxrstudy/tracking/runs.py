@@ -90,8 +90,9 @@ def get_or_create_experiment(name: str) -> str:
     return exp.experiment_id
 
 
-def resolve_experiment(value: str):
-    """An experiment name or id -> the experiment (UsageError when there is none)."""
+def resolve_experiment(value: str, *, runs_too: bool = False):
+    """An experiment name or id -> the experiment (UsageError when there is none); with ``runs_too``,
+    a run id (e.g. a ``main`` run's) names the experiment the run is in."""
     from mlflow.exceptions import MlflowException
 
     from cxrstudy.errors import UsageError
@@ -101,6 +102,11 @@ def resolve_experiment(value: str):
     if exp is None and value.isdigit():
         try:
             exp = mlflow.get_experiment(value)
+        except MlflowException:
+            exp = None
+    if exp is None and runs_too and len(value) == 32 and all(c in "0123456789abcdef" for c in value):
+        try:
+            exp = mlflow.get_experiment(mlflow.get_run(value).info.experiment_id)
         except MlflowException:
             exp = None
     if exp is None:
