@@ -37,3 +37,12 @@ def parse_envs(value: str, *, allow_empty: bool = False) -> list[str]:
         if h not in out:
             out.append(h)
     return out
+
+
+def parse_env_pairs(value: str, who: str) -> list[str]:
+    """:func:`parse_envs` for what compares hospitals (``who``: "the study", "the probe"...):
+    one line naming the parameter when it names fewer than two."""
+    envs = parse_envs(value)
+    if len(envs) < 2:
+        raise UsageError(f"parameter envs={value!r} names one hospital; {who} needs at least two")
+    return envs

@@ -52,16 +52,13 @@ def main(argv=None) -> None:
 
         from analysis.advise_study import ADVISED_BALANCES, run_study_advice
         from cxrstudy.data.dataspec import spec_from_params
-        from cxrstudy.errors import UsageError
-        from cxrstudy.hospitals import parse_envs
+        from cxrstudy.hospitals import parse_env_pairs
         from cxrstudy.labels import parse_labels
         from cxrstudy.params import as_int, optional
         from cxrstudy.tracking import runs as tracking
         from cxrstudy.train.balancing import parse_balance_list
 
-        envs = parse_envs(raw["envs"])
-        if len(envs) < 2:
-            raise UsageError(f"parameter envs={raw['envs']!r} names one hospital; advise needs at least two")
+        envs = parse_env_pairs(raw["envs"], "advise")
         labels = parse_labels(raw["labels"])
         balances = parse_balance_list(raw["balances"], allowed=ADVISED_BALANCES)
         seed = as_int("seed", raw["seed"], lo=0)

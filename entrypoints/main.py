@@ -53,7 +53,7 @@ def main(argv=None) -> None:
         from cxrstudy.train.balancing import parse_balance_list
         from cxrstudy.train.config import config_from_params, for_method
         from cxrstudy.errors import UsageError
-        from cxrstudy.hospitals import parse_envs
+        from cxrstudy.hospitals import parse_env_pairs
         from cxrstudy.labels import parse_labels
         from cxrstudy.runs.launchers import launcher_from_params
         from cxrstudy.runs.launchers.local import resolve_workers
@@ -65,9 +65,7 @@ def main(argv=None) -> None:
         from cxrstudy.train.methods import parse_method_list
         from cxrstudy.train.device import check_batch_fits, pick_device
 
-        envs = parse_envs(raw["envs"])
-        if len(envs) < 2:
-            raise UsageError(f"parameter envs={raw['envs']!r} names one hospital; the study needs at least two")
+        envs = parse_env_pairs(raw["envs"], "the study")
         labels = parse_labels(raw["labels"])
         seeds = as_int_list("seeds", raw["seeds"], lo=0)
         balances = parse_balance_list(raw["balances"])

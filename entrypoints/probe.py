@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     def body():
         from cxrstudy.tracking import runs as tracking
         from cxrstudy.errors import UsageError
-        from cxrstudy.hospitals import parse_envs
+        from cxrstudy.hospitals import parse_env_pairs
         from cxrstudy.params import as_bool, as_int, optional
         from cxrstudy.runs.probe import run_probe
         from cxrstudy.train.device import pick_device
@@ -49,9 +49,7 @@ def main(argv=None) -> None:
 
         if not optional(raw["model_uri"]):
             raise UsageError("parameter model_uri is required, e.g. models:/<name>@latest or models:/<name>/<version>")
-        envs = parse_envs(raw["envs"])
-        if len(envs) < 2:
-            raise UsageError(f"parameter envs={raw['envs']!r} names one hospital; the probe needs at least two")
+        envs = parse_env_pairs(raw["envs"], "the probe")
         seed = as_int("seed", raw["seed"], lo=0)
         min_per_class = as_int("min_per_class", raw["min_per_class"], lo=2, hi=1_000_000)
         force = as_bool("force", raw["force"])
