@@ -79,12 +79,13 @@ def run_advise(signals: pd.DataFrame, history: pd.DataFrame | None, out_dir, *, 
     grid, and ``history_signal_seconds`` what its signals cost, for the cost ratio."""
     out = Path(out_dir)
     names = FEATURES if images else TABLE_FEATURES
-    files, metrics, lines = {}, {}, []
+    files, metrics = {}, {}
     history = history if history is not None else pd.DataFrame()
     learn = len(history) >= MIN_FIT_SETTINGS and len(set(pair_of(history))) >= 2
-    if learn:
-        Xh = features(history)
-        predictor = fit(Xh, history["delta_mean"], pair_of(history), names)
+    if learn:  # the studied settings' features, pairs and held-out predictions serve the fit and the scores
+        Xh, groups, delta = features(history), pair_of(history), history["delta_mean"]
+        held_out = cross_validated(Xh, delta, groups, names)
+        predictor = fit(Xh, delta, groups, names, held_out=held_out["mu"])
         fitted_on = f"{len(history)} studied settings of {studies or 'this experiment'}"
     else:
         predictor, fitted_on = load_default(names)
@@ -104,7 +105,8 @@ def run_advise(signals: pd.DataFrame, history: pd.DataFrame | None, out_dir, *, 
     files["predictor.json"] = out / "predictor.json"
     saved = {"fitted_on": fitted_on, "predictor": predictor.to_dict()}
     if learn:  # the table-only predictor too, so this file can serve as a shipped predictor (advise_default.json)
-        saved["table_predictor"] = fit(features(history), history["delta_mean"], pair_of(history), TABLE_FEATURES).to_dict()
+        saved["table_predictor"] = (predictor if names == TABLE_FEATURES
+                                    else fit(Xh, delta, groups, TABLE_FEATURES)).to_dict()
     files["predictor.json"].write_text(json.dumps(saved, indent=1))
     for r in advice.itertuples():
         metrics[f"advise/{r.base}/{r.added}/{label_key(r.label)}/{r.balance}/p_hurt"] = float(r.p_hurt)
@@ -114,13 +116,10 @@ def run_advise(signals: pd.DataFrame, history: pd.DataFrame | None, out_dir, *, 
 
     validation, scores = None, {}
     if learn:
-        Xh = features(history)
-        groups = pair_of(history)
         measured = measured_verdict(history["delta_ci_low"], history["delta_ci_high"])
-        preds = {"advise": cross_validated(Xh, history["delta_mean"], groups, names),
-                 **baselines(Xh, history["delta_mean"], groups)}
+        preds = {"advise": held_out, **baselines(Xh, delta, groups)}
         for model, p in preds.items():
-            scores[model] = score(measured, p["mu"], p["p_hurt"], history["delta_mean"])
+            scores[model] = score(measured, p["mu"], p["p_hurt"], delta)
             for k, v in scores[model].items():
                 metrics[f"advise/validation/{model}/{k}"] = float(v)
         validation = history[SETTING + ["shortcut_strength", "delta_mean", "delta_ci_low", "delta_ci_high"]].copy()

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from cxrstudy.train.scoring import auroc_score
+
 #: the features the full predictor reads (derived from cxrstudy.evaluate.signals by :func:`features`)
 FEATURES = ("prevalence_gap", "abs_prevalence_gap", "log_size_ratio", "min_group_share", "domain_excess",
             "domain_x_gap", "domain_x_abs_gap")
@@ -107,12 +109,14 @@ def _ridge(X: pd.DataFrame, y: np.ndarray, names, alpha: float):
     return mean, scale, coef, float(y.mean())
 
 
-def fit(X: pd.DataFrame, delta, groups, names=FEATURES, alpha: float = ALPHA) -> Predictor:
+def fit(X: pd.DataFrame, delta, groups, names=FEATURES, alpha: float = ALPHA, *, held_out=None) -> Predictor:
     """Fit on every row; the residual spread is that of the leave-one-group-out predictions (so the
-    probabilities are calibrated for settings the fit has not seen)."""
+    probabilities are calibrated for settings the fit has not seen). ``held_out``: those predictions'
+    ``mu`` when the caller has them already (:func:`cross_validated` with the same arguments)."""
     y = np.asarray(delta, dtype=float)
     mean, scale, coef, icpt = _ridge(X, y, names, alpha)
-    held_out = cross_validated(X, y, groups, names, alpha)["mu"]
+    if held_out is None:
+        held_out = cross_validated(X, y, groups, names, alpha)["mu"]
     resid = y - held_out
     sd = float(np.sqrt(np.mean(resid ** 2))) if len(resid) else float("nan")
     return Predictor(features=tuple(names), mean=mean.tolist(), scale=scale.tolist(), coef=coef.tolist(),
@@ -144,17 +148,6 @@ def measured_verdict(ci_low, ci_high) -> list[str]:
     return [HURTS if h < 0 else HELPS if lo > 0 else NO_CLEAR for lo, h in zip(ci_low, ci_high)]
 
 
-def _auroc(y: np.ndarray, score: np.ndarray) -> float:
-    """AUROC of ``score`` for the binary ``y`` (ties count half); NaN without both classes."""
-    y = np.asarray(y, bool)
-    score = np.asarray(score, float)
-    pos, neg = score[y], score[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    diff = pos[:, None] - neg[None, :]
-    return float(((diff > 0) + 0.5 * (diff == 0)).mean())
-
-
 def score(measured: list[str], predicted_mu, predicted_p, delta) -> dict:
     """How well predictions match a study: ``sign_accuracy`` (of the settings the study calls
     significant, the share whose predicted change has the measured sign), ``verdict_accuracy`` (the
@@ -172,8 +165,8 @@ significant or not), ``delta_corr`` (Pearson r with the measured change), and th
             "n_significantly_hurt": int((measured == HURTS).sum()),
             "sign_accuracy": float(sign_ok[sig].mean()) if sig.any() else float("nan"),
             "verdict_accuracy": float((np.asarray(verdict(p)) == measured).mean()) if len(measured) else float("nan"),
-            "hurt_auroc": _auroc(measured == HURTS, p),
-            "lower_auroc": _auroc(d < 0, p),
+            "hurt_auroc": auroc_score(measured == HURTS, p),
+            "lower_auroc": auroc_score(d < 0, p),
             "delta_corr": corr}
 
 

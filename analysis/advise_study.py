@@ -4,13 +4,11 @@ one MLflow run (docs/PROTOCOL.md "Advise: predicting the harm before training").
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import tempfile
 
 import pandas as pd
 
-from cxrstudy.data.synthetic.config import SyntheticConfig
 from cxrstudy.evaluate.signals import setting_signals
 from cxrstudy.tracking import keys
 from cxrstudy.tracking import runs as tracking
@@ -21,12 +19,6 @@ from .queries import active_run_id, comparison_table, log_outputs, seed_set, tra
 
 #: the balance modes advise predicts (size matching is not among a study's default modes)
 ADVISED_BALANCES = (BALANCE_NONE, BALANCE_HOSPITAL_LABEL)
-
-
-def at_strength(spec, strength: float):
-    """``spec`` with the synthetic hospitals' shortcut strength set to ``strength``."""
-    return dataclasses.replace(spec, synthetic=SyntheticConfig(**{**spec.synthetic.to_dict(),
-                                                                  "shortcut_strength": float(strength)}))
 
 
 def studied(spec, experiment_id: str, source: str, *, images: bool, seed: int):
@@ -40,7 +32,7 @@ def studied(spec, experiment_id: str, source: str, *, images: bool, seed: int):
         return None, float("nan"), float("nan")
     parts = []
     for strength, part in table.groupby(table["shortcut_strength"].fillna(-1.0), sort=True):
-        s_spec = at_strength(spec, strength) if spec.is_synthetic and strength >= 0 else spec
+        s_spec = spec.at_strength(strength) if spec.is_synthetic and strength >= 0 else spec
         sig = setting_signals(s_spec, list(part[SETTING].itertuples(index=False, name=None)), images=images,
                               seed=seed)
         parts.append(sig.merge(part, on=SETTING))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -55,6 +55,11 @@ class DataSpec:
     @property
     def is_synthetic(self) -> bool:
         return self.source == "synthetic"
+
+    def at_strength(self, strength: float) -> "DataSpec":
+        """The same synthetic hospitals rendered at another shortcut strength: the same patients,
+        labels and splits, only the pixels differ."""
+        return replace(self, synthetic=replace(self.synthetic, shortcut_strength=float(strength)))
 
     def to_dict(self) -> dict:
         """What identifies the data (cache_dir excluded: moving the cache changes no result)."""

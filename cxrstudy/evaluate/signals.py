@@ -22,9 +22,12 @@ Everything here is NumPy/scikit-learn on label arrays and image arrays; no MLflo
 from __future__ import annotations
 
 import math
+import time
 import warnings
 
 import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
 
 from cxrstudy.train.balancing import BALANCE_HOSPITAL_LABEL, prevalence, undersample_negatives_to
 
@@ -131,11 +134,6 @@ def setting_signals(spec, settings, *, images: bool = True, seed: int = 0, progr
     (built on first use, at ``spec.image_size``). Each row logs what its signals cost (seconds); the
     domain classifier, shared by the settings of one hospital pair and label, is charged to the
     first of them."""
-    import time
-
-    import pandas as pd
-    from tqdm.auto import tqdm
-
     labels_of, images_of, domain = {}, {}, {}
     rows = []
     for base, added, label, balance in tqdm(list(settings), desc="signals", unit="setting", disable=not progress):

@@ -162,8 +162,7 @@ def at_strength(cfg: TrainConfig, strength: float | None) -> TrainConfig:
         return cfg
     if not cfg.data.is_synthetic:
         raise UsageError("shortcut_strengths needs source=synthetic: only synthetic hospitals have a shortcut knob")
-    syn = dataclasses.replace(cfg.data.synthetic, shortcut_strength=float(strength))
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, synthetic=syn))
+    return dataclasses.replace(cfg, data=cfg.data.at_strength(strength))
 
 
 def run_probes_for(cells: list[TrainConfig], envs: list[str], *, device: str = "auto",
