@@ -48,15 +48,15 @@ def run(body: Callable[[], object]) -> None:
         body()
     except CxrStudyError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
-        _end_active_run_failed()
+        end_active_run()
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         print("interrupted: the run is marked KILLED; run the same command again to resume", file=sys.stderr)
-        _end_active_run_failed("KILLED")
+        end_active_run("KILLED")
         sys.exit(130)
 
 
-def _end_active_run_failed(status: str = "FAILED") -> None:
+def end_active_run(status: str = "FAILED") -> None:
     """Never leave a run that did not finish marked as running or FINISHED."""
     try:
         import mlflow

@@ -32,11 +32,14 @@ from mlflow.tracking import MlflowClient
 from cxrstudy.tracking import keys
 from cxrstudy.tracking import runs as tracking
 from cxrstudy.tracking.claims import ServerClaim, claim_key
-from cxrstudy.tracking.registry import has_safe_model, log_and_register, restore_version_metadata, version_tags
-from cxrstudy.train.config import TrainConfig
-from cxrstudy.train.device import pick_device
+from cxrstudy.tracking.registry import (describe_version, has_safe_model, log_and_register, restore_version_metadata,
+                                       version_tags)
+from cxrstudy.train.config import TrainConfig, config_from_params, force_from_params
+from cxrstudy.train.device import check_batch_fits, pick_device
 from cxrstudy.train.loop import discard_damaged_checkpoint, prepare_data, train_model, validation_metrics
 from cxrstudy.data.cache import check_cache_dir
+from cxrstudy.data.dataspec import check_cache_fits
+from cxrstudy.params import optional
 from cxrstudy.train.lock import TrainLock
 from cxrstudy.train.models import build_model, check_pretrained
 from cxrstudy.train.registry import method_suffix
@@ -187,6 +190,23 @@ def _tags(cfg: TrainConfig) -> dict:
         "source": cfg.data.source,
         "n_envs": str(len(cfg.envs)),
     }
+
+
+def train_from_params(raw: dict) -> dict:
+    """The ``train`` entry point's body for its parameters ``raw`` (strings, as MLproject passes them):
+    every check that can fail before any work, then :func:`run_training`; prints the reused model's
+    line. The entry point and the local launcher's persistent workers both run this."""
+    cfg = config_from_params(raw)
+    force = force_from_params(raw)
+    dev = pick_device(raw["device"])  # a clear error before any work
+    preflight(cfg)  # cache_dir writable, pretrained weights loadable
+    check_cache_fits([cfg.data], cfg.envs)  # the image cache fits on the disk
+    check_batch_fits(cfg.batch_size, cfg.image_size, dev)  # one batch fits in memory
+    tracking.setup()
+    result = run_training(cfg, force=force, device=raw["device"], parent_run_id=optional(raw["parent_run_id"]))
+    if result.get("reused"):  # a fresh model's line was printed by run_training
+        print(describe_version(result["registered_model"], result["registered_version"]))
+    return result
 
 
 def run_training(cfg: TrainConfig, *, force: bool = False, device: str = "auto", progress: bool = True,

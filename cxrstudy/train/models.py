@@ -21,7 +21,7 @@ from cxrstudy.errors import DataError, UsageError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _OLD_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
-BACKBONES = ("densenet121", "resnet18", "resnet50", "efficientnet_b0", "smallcnn")
+BACKBONES = ("densenet121", "resnet18", "resnet50", "efficientnet_b0", "smallcnn", "stridecnn")
 _WEIGHTS = {
     "densenet121": "DenseNet121_Weights",
     "resnet18": "ResNet18_Weights",
@@ -50,6 +50,32 @@ class SmallCNN(nn.Module):
         return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
 
 
+class StrideCNN(nn.Module):
+    """The ``cpu`` preset's network: SmallCNN's widths with stride-2 convolutions in place of max pooling.
+
+    Each block computes at its output resolution (conv stride 2 - BN - ReLU), so a 32 px image costs
+    about a quarter of SmallCNN's multiply-adds and none of its pooling or full-resolution batch-norm
+    passes, which were most of SmallCNN's step on a CPU (benchmarks/TRAINING.md).
+    """
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        chans = [3, width // 2, width, width * 2, width * 4]
+        layers = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
+                       nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.out_dim = chans[-1]
+
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+
+
+#: the networks of our own, trained from scratch (no pretrained weights exist for them)
+_SMALL = {"smallcnn": SmallCNN, "stridecnn": StrideCNN}
+
+
 class PooledTrunk(nn.Module):
     """torchvision ``features`` -> (ReLU) -> global average pooling -> flat embedding."""
 
@@ -69,8 +95,8 @@ def _trunk(backbone: str, net: nn.Module | None = None) -> tuple[nn.Module, int]
     """The embedding trunk of a (possibly pretrained) torchvision network and its output size."""
     import torchvision.models as tvm
 
-    if backbone == "smallcnn":
-        t = SmallCNN()
+    if backbone in _SMALL:
+        t = _SMALL[backbone]()
         return t, t.out_dim
     net = net if net is not None else getattr(tvm, backbone)(weights=None)
     if backbone == "densenet121":  # DenseNet's forward applies the final ReLU outside `features`
@@ -149,8 +175,8 @@ def build_model(backbone: str, pretrained: str = "none") -> BinaryClassifier:
         return BinaryClassifier(backbone)
     if backbone not in BACKBONES:
         raise UsageError(f"unknown backbone {backbone!r}; expected one of: {', '.join(BACKBONES)}")
-    if backbone == "smallcnn":
-        raise UsageError("backbone smallcnn has no pretrained weights; use pretrained=none")
+    if backbone in _SMALL:
+        raise UsageError(f"backbone {backbone} has no pretrained weights; use pretrained=none")
     if p.lower() == "imagenet":
         path = imagenet_weights_path(backbone)
         if not path.is_file():

@@ -1,7 +1,8 @@
 """The local launcher: the grid's cells in this process, or in N parallel worker processes.
 
-Parallel workers are ``python entrypoints/train.py`` subprocesses, each nested under the study's
-parent run; each training runs on one CPU thread (``TRAIN_THREADS``), so a model's weights do not
+Parallel workers are persistent ``python -m cxrstudy.runs.launchers.train_worker`` processes, one
+per slot, each training cell after cell (start-up paid once per slot), every run nested under the
+study's parent run; each training runs on one CPU thread (``TRAIN_THREADS``), so a model's weights do not
 depend on the number of workers, and ``workers=auto`` on a CPU machine starts one per usable core. With a SQLite store they log through one local
 ``mlflow server`` (see :mod:`cxrstudy.tracking.server`): SQLite behind one process, no 'database is
 locked'. On a node with several visible GPUs every worker slot owns one GPU
@@ -17,6 +18,7 @@ them once, through the parent), which ends its run KILLED; a worker still alive 
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import signal
@@ -24,7 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -69,14 +70,6 @@ def _ignoring_sigint():
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def train_argv(cfg: TrainConfig, parent_run_id: str | None, device: str) -> list[str]:
-    params = {**config_to_params(cfg), "device": device, "parent_run_id": parent_run_id or ""}
-    cmd = [sys.executable, str(ROOT / "entrypoints" / "train.py")]
-    for k, v in params.items():
-        cmd += [f"--{k}", v]
-    return cmd
 
 
 def gpu_count() -> int:
@@ -142,10 +135,24 @@ def worker_env(i: int, workers: int, tracking_uri: str, experiment_id: str, gpus
     return environ
 
 
+def worker_argv() -> list[str]:
+    """The command of a persistent training worker (:mod:`cxrstudy.runs.launchers.train_worker`)."""
+    return [sys.executable, "-m", "cxrstudy.runs.launchers.train_worker"]
+
+
+def cell_params(cfg: TrainConfig, parent_run_id: str | None, device: str) -> dict:
+    """The ``train`` entry point's parameters for ``cfg`` (what a worker trains it from)."""
+    return {**config_to_params(cfg), "device": device, "parent_run_id": parent_run_id or ""}
+
+
 def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str | None = None,
               device: str = "auto", tracking_uri: str | None = None, experiment_id: str | None = None,
               log_dir: Path | None = None, progress: bool = True) -> None:
-    """Train every cell that has no FINISHED run. Raises DataError naming the cells that failed."""
+    """Train every cell that has no FINISHED run. Raises DataError naming the cells that failed.
+
+    With several workers, each slot keeps one persistent worker process and hands it cell after
+    cell (start-up paid once per slot, not once per model); a worker that ends after a cell (a bug
+    in it, or killed) is replaced by a fresh one for the slot's next cell."""
     todo = pending(cells)
     if not todo:
         return
@@ -155,57 +162,74 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
         return
     log_dir = Path(log_dir or Path(cells[0].data.cache_dir) / "logs")
     log_dir.mkdir(parents=True, exist_ok=True)
-    failed = []
     gpus = visible_gpus()
-
-    slots: queue.Queue = queue.Queue()
-    for i in range(workers):
-        slots.put(i)
-
+    waiting: queue.Queue = queue.Queue()
+    for cfg in todo:
+        waiting.put(cfg)
+    finished: queue.Queue = queue.Queue()  # (cfg, exit code, log) of each cell a slot ended
     stop = threading.Event()  # set when interrupted: no further cell starts
-    started: dict[str, tuple[TrainConfig, subprocess.Popen]] = {}  # running workers, by config hash
+    busy: dict[int, tuple[TrainConfig | None, subprocess.Popen]] = {}  # slot -> (its cell or None, its worker)
     guard = threading.Lock()
 
-    def launch(cfg: TrainConfig) -> tuple[TrainConfig, int | None, Path]:
-        log = log_dir / f"train-{cfg.content_hash()}.log"
-        slot = slots.get()  # worker slot: decides the GPU on a multi-GPU node
-        try:
-            with guard:
-                if stop.is_set():
-                    return cfg, None, log
-                fh = open(log, "w")
-                # its own session: a terminal's Ctrl-C reaches the worker only through stop_workers
-                proc = subprocess.Popen(train_argv(cfg, parent_run_id, device), stdout=fh, stderr=subprocess.STDOUT,
-                                        env=worker_env(slot, workers, tracking_uri, experiment_id, gpus), cwd=ROOT,
-                                        start_new_session=True)
-                started[cfg.content_hash()] = (cfg, proc)
-            try:
-                rc = proc.wait()
-            finally:
-                fh.close()
-                with guard:
-                    started.pop(cfg.content_hash(), None)
-        finally:
-            slots.put(slot)
-        return cfg, rc, log
+    def start_worker(slot: int) -> subprocess.Popen:
+        with open(log_dir / f"worker-{slot}.log", "a") as fh:
+            # its own session: a terminal's Ctrl-C reaches the worker only through stop_workers
+            return subprocess.Popen(worker_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=fh, text=True,
+                                    env=worker_env(slot, workers, tracking_uri, experiment_id, gpus), cwd=ROOT,
+                                    start_new_session=True)
 
-    def interrupt(futures) -> None:
-        """Start no further cell, stop the running workers, and leave none of their runs RUNNING."""
+    def serve(slot: int) -> None:
+        proc = None
+        try:
+            while True:
+                try:
+                    cfg = waiting.get_nowait()
+                except queue.Empty:
+                    return
+                log = log_dir / f"train-{cfg.content_hash()}.log"
+                with guard:
+                    if stop.is_set():
+                        return
+                    if proc is None:
+                        proc = start_worker(slot)
+                    busy[slot] = (cfg, proc)
+                try:
+                    proc.stdin.write(json.dumps({"params": cell_params(cfg, parent_run_id, device), "log": str(log)})
+                                     + "\n")
+                    proc.stdin.flush()
+                    answer = proc.stdout.readline().split()
+                except OSError:  # the worker is gone
+                    answer = []
+                if answer and answer[1] == "next":
+                    rc = int(answer[0])
+                else:  # the worker ended after this cell: its code, and a fresh worker for the next
+                    rc = int(answer[0]) if answer else (proc.wait() or 1)
+                    proc.wait()
+                    proc = None
+                with guard:
+                    busy[slot] = (None, proc)
+                finished.put((cfg, rc, log))
+        finally:
+            if proc is not None and not stop.is_set():
+                proc.stdin.close()  # end of input: the worker exits
+                proc.wait()
+
+    def interrupt() -> None:
+        """Start no further cell, stop the workers, and leave none of their runs RUNNING."""
         restore = _ignoring_sigint()
         try:
             with guard:
                 stop.set()
-                running = list(started.values())
-            for fut in futures:
-                fut.cancel()
-            stop_workers([proc for _, proc in running])  # first: a closed stderr must not keep them running
+                running = [cfg for cfg, _ in busy.values() if cfg is not None]
+                procs = [proc for _, proc in busy.values() if proc is not None]
+            stop_workers(procs)  # first: a closed stderr must not keep them running
             try:
                 print(f"interrupted: no further cell started; {len(running)} running worker(s) stopped",
                       file=sys.stderr, flush=True)
             except OSError:
                 pass
             mine = f" and tags.`mlflow.parentRunId` = '{parent_run_id}'" if parent_run_id else ""
-            for cfg, _ in running:
+            for cfg in running:
                 try:
                     mark_orphans_failed(keys.CONFIG_HASH_TAG, cfg.content_hash(), also=mine, status="KILLED",
                                         reason="interrupted: the study was stopped")
@@ -216,28 +240,38 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
             if restore is not None:
                 signal.signal(signal.SIGINT, restore)
 
-    with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(launch, cfg) for cfg in todo]
-        bar = tqdm(total=len(futures), desc=f"training grid ({workers} workers)", unit="model", disable=not progress)
-        try:
-            for fut in as_completed(futures):
-                cfg, rc, log = fut.result()
-                if rc != 0:
-                    failed.append((cfg, rc, log))
-                    mark_orphans_failed(keys.CONFIG_HASH_TAG, cfg.content_hash())
-                    tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
-                    print(f"cell {cell_name(cfg)} failed (exit {rc}): {tail[0] if tail else ''} [log: {log}]",
-                          file=sys.stderr)
-                bar.update(1)
-        except BaseException:  # Ctrl-C (KeyboardInterrupt) or an error: nothing new, nothing left running
-            interrupt(futures)
-            raise
-        finally:
-            bar.close()
+    threads = [threading.Thread(target=serve, args=(i,), daemon=True) for i in range(min(workers, len(todo)))]
+    for t in threads:
+        t.start()
+    failed = []
+    bar = tqdm(total=len(todo), desc=f"training grid ({workers} workers)", unit="model", disable=not progress)
+    try:
+        for _ in range(len(todo)):
+            while True:
+                try:
+                    cfg, rc, log = finished.get(timeout=0.5)  # a timeout: Ctrl-C reaches this thread at once
+                    break
+                except queue.Empty:
+                    if not any(t.is_alive() for t in threads) and finished.empty():
+                        raise DataError("the training workers stopped before every cell had an answer; "
+                                        f"their logs: {log_dir}/worker-*.log")
+            if rc != 0:
+                failed.append((cfg, rc, log))
+                mark_orphans_failed(keys.CONFIG_HASH_TAG, cfg.content_hash())
+                tail = log.read_text().strip().splitlines()[-1:] if log.exists() else []
+                print(f"cell {cell_name(cfg)} failed (exit {rc}): {tail[0] if tail else ''} [log: {log}]",
+                      file=sys.stderr)
+            bar.update(1)
+    except BaseException:  # Ctrl-C (KeyboardInterrupt) or an error: nothing new, nothing left running
+        interrupt()
+        raise
+    finally:
+        bar.close()
+    for t in threads:
+        t.join()
     if failed:
         raise DataError(f"{len(failed)} of {len(todo)} training cells failed; their logs: "
                         + ", ".join(str(f[2]) for f in failed[:5]) + "; run again to retry them")
-
 
 
 def run_local(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str | None = None,
