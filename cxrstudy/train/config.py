@@ -65,7 +65,7 @@ class TrainConfig:
     seed: int = 0
     balance: str = BALANCE_NONE
     preset: str = "cpu"
-    backbone: str = "smallcnn"
+    backbone: str = "stridecnn"
     pretrained: str = "none"
     lr: float = 1e-3
     weight_decay: float = 0.0

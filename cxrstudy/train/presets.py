@@ -30,7 +30,7 @@ PRESETS: dict[str, dict] = {
     # validation macro-F1 it stopped a cxp+nih Any model at step 325 (val AUROC 0.81, WGA 0.07)
     # where this rule trains it to step 1600 (AUROC 0.88)
     "cpu": {
-        "backbone": "smallcnn",
+        "backbone": "stridecnn",
         "pretrained": "none",
         "image_size": 32,
         "lr": 1e-3,
