@@ -103,7 +103,7 @@ def test_augment_keeps_shape_and_identity_map_is_exact():
     torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("backbone,dim", [("smallcnn", 128), ("densenet121", 1024), ("resnet18", 512)])
+@pytest.mark.parametrize("backbone,dim", [("smallcnn", 128), ("stridecnn", 128), ("densenet121", 1024), ("resnet18", 512)])
 def test_models_have_two_logits_and_an_embedding(backbone, dim):
     m = build_model(backbone).eval()
     x = torch.rand(2, 1, 32, 32)

@@ -1,8 +1,9 @@
 """Backbones with a 2-output head, taking 1-channel images in [0, 1].
 
-Every model takes ``(N, 1, S, S)`` float images in [0, 1] (the cache is grayscale), repeats
-them to 3 channels and applies the ImageNet mean/std inside the network, so the logged MLflow
-model needs no separate preprocessing. ``forward`` returns 2 logits; ``embed`` returns the
+Every model takes ``(N, 1, S, S)`` float images in [0, 1] (the cache is grayscale); the
+torchvision backbones repeat them to 3 channels and apply the ImageNet mean/std inside the
+network, the small networks of our own read the one channel as it is, so the logged MLflow model
+needs no separate preprocessing. ``forward`` returns 2 logits; ``embed`` returns the
 penultimate representation (DenseNet-121: 1024-d, after the final ReLU and global average
 pooling) that the hospital probe reads.
 """
@@ -53,18 +54,24 @@ class SmallCNN(nn.Module):
 class StrideCNN(nn.Module):
     """The ``cpu`` preset's network: SmallCNN's widths with stride-2 convolutions in place of max pooling.
 
-    Each block computes at its output resolution (conv stride 2 - BN - ReLU), so a 32 px image costs
-    about a quarter of SmallCNN's multiply-adds and none of its pooling or full-resolution batch-norm
-    passes, which were most of SmallCNN's step on a CPU (benchmarks/TRAINING.md).
+    Each block computes at its output resolution (conv stride 2 - BN - ReLU; the last one a 2x2
+    patch merge, which on a 4x4 map sees what a padded 3x3 kernel would, at less than half its
+    cost), so a 32 px image costs about a quarter of SmallCNN's multiply-adds and none of its pooling
+    or full-resolution batch-norm passes, most of SmallCNN's step on a CPU (benchmarks/TRAINING.md).
+    It reads the grayscale image as it is (``in_channels = 1``): trained from scratch, it needs
+    neither the three channels nor the ImageNet statistics that pretrained backbones expect.
     """
+
+    in_channels = 1
 
     def __init__(self, width: int = 32):
         super().__init__()
-        chans = [3, width // 2, width, width * 2, width * 4]
+        chans = [1, width // 2, width, width * 2, width * 4]
         layers = []
-        for cin, cout in zip(chans[:-1], chans[1:]):
-            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(cout),
-                       nn.ReLU(inplace=True)]
+        for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:])):
+            last = i == len(chans) - 2
+            layers += [nn.Conv2d(cin, cout, 2 if last else 3, stride=2, padding=0 if last else 1, bias=False),
+                       nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
         self.features = nn.Sequential(*layers)
         self.out_dim = chans[-1]
 
@@ -120,6 +127,8 @@ class BinaryClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if getattr(self.trunk, "in_channels", 3) == 1:  # a network of our own that reads the image as it is
+            return self.trunk(x)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return self.trunk((x - self.mean) / self.std)
