@@ -165,12 +165,24 @@ def test_a_finished_run_keeps_no_resumable_checkpoint_on_the_server(store, tmp_p
 
     monkeypatch.setattr(train_run_mod, "upload_checkpoint", upload)
     res = run_training(cfg, progress=False)
-    # while it trained, the checkpoint was on the server (so a kill could resume elsewhere) ...
-    assert uploaded == [[f"{CHECKPOINT_ARTIFACT_DIR}/last.pt"]] * 2
+    # while it trained, the checkpoint was on the server (so a kill could resume elsewhere), uploaded at
+    # the first of its two validations only (the next upload is due UPLOAD_EVERY_S later) ...
+    assert uploaded == [[f"{CHECKPOINT_ARTIFACT_DIR}/last.pt"]]
     # ... and once the model is registered it is gone, the model itself stays
     assert _checkpoints_on_server(res["run_id"]) == []
     assert not checkpoint_dir(cfg).exists()
     load_model(res["model_uri"])
+
+
+def test_checkpoint_uploads_are_at_most_one_per_interval(monkeypatch):
+    sent, clock = [], [100.0]
+    monkeypatch.setattr(train_run_mod, "upload_checkpoint", sent.append)
+    monkeypatch.setattr(train_run_mod.time, "monotonic", lambda: clock[0])
+    upload = train_run_mod.checkpoint_uploader(every_s=30)
+    for t, name in [(100, "a"), (110, "b"), (129.9, "c"), (130, "d"), (150, "e"), (161, "f")]:
+        clock[0] = t
+        upload(name)
+    assert sent == ["a", "d", "f"]
 
 
 def test_through_a_tracking_server_the_checkpoints_leave_its_disk(store, tmp_path, monkeypatch):

@@ -17,10 +17,12 @@ checkpoints of the configuration's runs from the tracking server.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
@@ -336,7 +338,7 @@ def _train_holding_lock(cfg: TrainConfig, *, force: bool, device: str, progress:
         for rec in resumed_history:  # a resumed run carries the whole validation history
             on_eval(rec["step"], {k: v for k, v in rec.items() if k != "step"})
         out = train_model(cfg, data, device=dev, checkpoint_dir=ck_dir, on_eval=on_eval,
-                          on_checkpoint=upload_checkpoint, progress=progress)
+                          on_checkpoint=checkpoint_uploader(), progress=progress)
         mlflow.log_metrics({**out.metrics(), "converged": float(out.converged(cfg.max_steps))})
         mlflow.set_tag("threshold", f"{out.threshold:.2f}")
         if out.constant:
@@ -381,6 +383,24 @@ def _history(ck_dir: Path) -> list:
 
 #: where a training run keeps its resumable checkpoint on the tracking server (overwritten at each validation)
 CHECKPOINT_ARTIFACT_DIR = "checkpoints"
+#: a run uploads its resumable checkpoint at its first validation and then at most once in this
+#: many seconds: a machine lost mid-run costs at most this much training, and a model that trains in
+#: seconds (the cpu preset) sends one or two copies to the server instead of one per validation
+UPLOAD_EVERY_S = 30.0
+
+
+def checkpoint_uploader(every_s: float = UPLOAD_EVERY_S):
+    """An ``on_checkpoint`` callback that uploads (:func:`upload_checkpoint`) the first checkpoint and
+    then one whenever ``every_s`` seconds have passed since the last upload."""
+    last = [-math.inf]
+
+    def upload(path: Path) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s:
+            upload_checkpoint(path)
+            last[0] = now
+
+    return upload
 
 
 def upload_checkpoint(path: Path) -> None:
