@@ -13,6 +13,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from cxrstudy.runs.launchers import local
+from cxrstudy.runs.launchers.common import pending
+from cxrstudy.runs.train import finished_hashes
 from cxrstudy.tracking import keys
 from cxrstudy.train.config import TRAIN_PARAMS, config_from_params
 
@@ -61,3 +63,8 @@ def test_parallel_cells_share_persistent_workers_and_all_finish(store, tmp_path)
     logs = tmp_path / "cache" / "logs"
     assert len(list(logs.glob("train-*.log"))) == 3
     assert len(list(logs.glob("worker-*.log"))) == 2  # two processes trained the three models
+    # a second call finds every cell trained (one search of the store) and starts no server or worker
+    assert finished_hashes([c.content_hash() for c in cfgs] + ["not-a-hash"]) == {c.content_hash() for c in cfgs}
+    assert pending(cfgs) == []
+    local.run_local(cfgs, workers=2, tracking_uri=store, experiment_id="0", progress=False)
+    assert len(list(logs.glob("mlflow-server-*.log"))) == 1 and len(list(logs.glob("worker-*.log"))) == 2

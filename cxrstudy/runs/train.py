@@ -79,6 +79,24 @@ def find_by_hash(config_hash: str, experiment_ids=None):
     return runs[0] if runs else None
 
 
+def finished_hashes(hashes) -> set[str]:
+    """Which of the configuration hashes ``hashes`` have a FINISHED training run in any experiment:
+    one paged search over the store's finished training runs instead of one search per hash (a
+    study's check of what is left to train, which a re-run of ``make demo`` makes for its 90 models)."""
+    wanted = set(hashes)
+    client = MlflowClient()
+    ids = [e.experiment_id for e in client.search_experiments()]
+    found, token = set(), None
+    query = f"tags.`{keys.ENTRY_TAG}` = '{keys.ENTRY_TRAIN}' and attributes.status = 'FINISHED'"
+    while ids:
+        page = client.search_runs(ids, query, max_results=5000, page_token=token)
+        found |= {r.data.tags.get(keys.CONFIG_HASH_TAG) for r in page} & wanted
+        token = page.token
+        if not token or found == wanted:
+            break
+    return found
+
+
 def find_trained(cfg: TrainConfig, experiment_ids=None):
     """The FINISHED training run of ``cfg``, or None.
 

@@ -342,12 +342,13 @@ def matmul_gflops(dtype: torch.dtype, n: int, repeats: int) -> float:
     return 2 * n**3 / thread_median(lambda: torch.mm(a, b), repeats) / 1e9
 
 
-def _before_issue21(model):
-    """The small CNN as trained before issue 21: ReLU before pooling (same function and gradients)."""
-    from cxrstudy.train.models import SmallCNN
+def _before_issue21():
+    """The ``cpu`` preset's network as trained before issue 21: smallcnn, ReLU before pooling."""
+    from cxrstudy.train.models import build_model
 
-    for block in range(0, len(model.trunk.features), 4) if isinstance(model.trunk, SmallCNN) else ():
-        f = model.trunk.features
+    model = build_model("smallcnn")
+    f = model.trunk.features
+    for block in range(0, len(f), 4):
         f[block + 2], f[block + 3] = f[block + 3], f[block + 2]
     return model
 
@@ -355,7 +356,8 @@ def _before_issue21(model):
 def step_rate(preset: str, *, before: bool, steps: int, repeats: int) -> float:
     """Seconds of one training step of ``preset`` (batch, image size, backbone, Adam, augmentation)
     on one CPU thread: as the loop does it now (channels-last, the machine's precision), or as it
-    did before issue 21 (fp32, contiguous layout, ReLU before pooling, Adam's per-tensor loop)."""
+    did before issue 21 (smallcnn with ReLU before pooling, fp32, contiguous layout, Adam's
+    per-tensor loop)."""
     import torch.nn.functional as F
 
     from cxrstudy.train.augment import augment
@@ -367,8 +369,7 @@ def step_rate(preset: str, *, before: bool, steps: int, repeats: int) -> float:
     p = PRESETS[preset]
     cpu = torch.device("cpu")
     torch.manual_seed(0)
-    model = build_model(p["backbone"])
-    model = _before_issue21(model) if before else place_model(model, cpu)
+    model = _before_issue21() if before else place_model(build_model(p["backbone"]), cpu)
     opt = (torch.optim.Adam(model.parameters(), lr=p["lr"]) if before
            else adam(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"]))
     gen = torch.Generator().manual_seed(0)
@@ -428,6 +429,7 @@ def bench_training(tmp: Path, tiny: bool, preset: str = "cpu") -> list[Figure]:
             mm["bf16"] = matmul_gflops(torch.bfloat16, n, reps)
         macs = forward_macs(build_model(p["backbone"]), p["image_size"])
         flop_per_step = 3 * 2 * macs * p["batch_size"]  # forward + backward (about twice the forward)
+        flop_before = 3 * 2 * forward_macs(_before_issue21(), p["image_size"]) * p["batch_size"]
         steps, reps = (2, 2) if tiny else (10, 9)
         t_before, t_now = [], []
         for _ in range(reps):  # interleaved, so that a drift in the machine's load hits both
@@ -438,7 +440,7 @@ def bench_training(tmp: Path, tiny: bool, preset: str = "cpu") -> list[Figure]:
     b = p["batch_size"]
     detail = (f"[{p['backbone']} {p['image_size']} px batch {b}: {macs / 1e6:.2f} M multiply-adds per image forward, "
               f"{flop_per_step / 1e9:.2f} GFLOP per step; {TRAIN_THREADS} thread]")
-    gf_now, gf_before = flop_per_step / t_now / 1e9, flop_per_step / t_before / 1e9
+    gf_now, gf_before = flop_per_step / t_now / 1e9, flop_before / t_before / 1e9
     half = gf_now >= 0.5 * mm[prec]
     figs += [
         Figure("bench/matmul_fp32_gflops", mm["fp32"], "(reference)", None, f"[{n}x{n} fp32, {TRAIN_THREADS} thread]"),
@@ -446,7 +448,7 @@ def bench_training(tmp: Path, tiny: bool, preset: str = "cpu") -> list[Figure]:
           if "bf16" in mm else []),
         Figure("bench/train_step_images_per_s_per_core", b / t_now, "(reference)", None,
                f"[{preset} preset, {prec}, channels-last, CPU time of the training thread; "
-               f"before issue 21 (fp32, contiguous): {b / t_before:.0f}]"),
+               f"before issue 21 (smallcnn, fp32, contiguous): {b / t_before:.0f}]"),
         Figure("bench/train_step_speedup", t_before / t_now, "(reference)", None, "[step CPU time before / now]"),
         Figure("bench/train_step_gflops", gf_now, f">= half the {prec} matmul rate", half,
                f"{detail} before: {gf_before:.1f}"),

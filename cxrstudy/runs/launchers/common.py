@@ -28,10 +28,13 @@ def http_retry_env(environ=None) -> dict:
 
 
 def pending(cells: list[TrainConfig]) -> list[TrainConfig]:
-    """The cells without a FINISHED run (a study resumes where it stopped)."""
-    from cxrstudy.runs.train import find_trained
+    """The cells without a FINISHED run (a study resumes where it stopped): one search for the
+    finished ones, then :func:`~cxrstudy.runs.train.find_trained`'s fuller look (a registered model
+    whose run did not finish, a run logged before the data fingerprint) for the others only."""
+    from cxrstudy.runs.train import find_trained, finished_hashes
 
-    return [c for c in cells if find_trained(c) is None]
+    done = finished_hashes(c.content_hash() for c in cells)
+    return [c for c in cells if c.content_hash() not in done and find_trained(c) is None]
 
 
 def cell_name(cfg: TrainConfig) -> str:

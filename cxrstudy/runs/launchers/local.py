@@ -277,11 +277,14 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
 def run_local(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str | None = None,
               device: str = "auto", tracking_uri: str, experiment_id: str, progress: bool = True) -> None:
     """The grid on this machine. Parallel workers and a SQLite store: start a local ``mlflow
-    server`` in front of it for the grid's duration and point the workers at it."""
+    server`` in front of it for the grid's duration and point the workers at it (not when every
+    cell is trained already)."""
     import mlflow
 
     from cxrstudy.tracking.server import local_server
 
+    if not pending(cells):  # every model is trained (a re-run): no server to start
+        return
     if workers > 1 and tracking_uri.startswith("sqlite:"):
         db = Path(tracking_uri.split("sqlite:///", 1)[1])
         with local_server(tracking_uri, db.parent / "mlartifacts", log_dir=Path(cells[0].data.cache_dir) / "logs") as url:
