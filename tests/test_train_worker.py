@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from cxrstudy.runs.launchers import local
 from cxrstudy.runs.launchers.common import pending
+from cxrstudy.runs.launchers.train_worker import EXIT, NEXT
 from cxrstudy.runs.train import finished_hashes
 from cxrstudy.tracking import keys
 from cxrstudy.train.config import TRAIN_PARAMS, config_from_params
@@ -44,7 +45,7 @@ def test_a_worker_answers_each_cell_and_goes_on_after_bad_parameters_but_not_aft
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(local.worker_argv(), input="".join(json.dumps(c) + "\n" for c in cells), text=True,
                           capture_output=True, env=env, cwd=ROOT, timeout=300)
-    assert proc.stdout.splitlines() == ["0 next", "2 next", "0 next", "1 exit"], proc.stderr[-3000:]
+    assert proc.stdout.splitlines() == [f"0 {NEXT}", f"2 {NEXT}", f"0 {NEXT}", f"1 {EXIT}"], proc.stderr[-3000:]
     assert proc.returncode == 1
     assert "lr" in (tmp_path / "b.log").read_text()  # the entry point's one-line error, in the cell's log
     assert "Traceback" in (tmp_path / "d.log").read_text()

@@ -31,6 +31,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from cxrstudy.errors import DataError, UsageError
+from cxrstudy.runs.launchers import train_worker
 from cxrstudy.runs.launchers.common import ROOT, cell_name, http_retry_env, pending
 from cxrstudy.runs.train import run_training
 from cxrstudy.tracking import keys
@@ -137,7 +138,7 @@ def worker_env(i: int, workers: int, tracking_uri: str, experiment_id: str, gpus
 
 def worker_argv() -> list[str]:
     """The command of a persistent training worker (:mod:`cxrstudy.runs.launchers.train_worker`)."""
-    return [sys.executable, "-m", "cxrstudy.runs.launchers.train_worker"]
+    return [sys.executable, "-m", train_worker.__name__]
 
 
 def cell_params(cfg: TrainConfig, parent_run_id: str | None, device: str) -> dict:
@@ -200,7 +201,7 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
                     answer = proc.stdout.readline().split()
                 except OSError:  # the worker is gone
                     answer = []
-                if answer and answer[1] == "next":
+                if answer and answer[1] == train_worker.NEXT:
                     rc = int(answer[0])
                 else:  # the worker ended after this cell: its code, and a fresh worker for the next
                     rc = int(answer[0]) if answer else (proc.wait() or 1)

@@ -29,6 +29,8 @@ from cxrstudy.runs.train import train_from_params
 #: what the worker answers for a cell whose error is not a CxrStudyError (and then exits)
 CRASHED = 1
 INTERRUPTED = 130
+#: the second word of an answer: the worker waits for the next cell, or ends
+NEXT, EXIT = "next", "exit"
 
 
 @contextmanager
@@ -75,7 +77,7 @@ def main() -> int:
                 continue
             cell = json.loads(line)
             code, go_on = train_cell(cell["params"], cell["log"])
-            answers.write(f"{code} {'next' if go_on else 'exit'}\n")
+            answers.write(f"{code} {NEXT if go_on else EXIT}\n")
             if not go_on:
                 return code
     except KeyboardInterrupt:  # interrupted between cells
