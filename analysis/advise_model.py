@@ -24,11 +24,13 @@ from cxrstudy.train.scoring import auroc_score
 
 #: the features the full predictor reads (derived from cxrstudy.evaluate.signals by :func:`features`)
 FEATURES = ("prevalence_gap", "abs_prevalence_gap", "log_size_ratio", "min_group_share", "domain_excess",
-            "domain_x_gap", "domain_x_abs_gap")
+            "domain_x_gap", "domain_x_abs_gap", "proxy_delta")
 #: what it reads when advise runs from the label tables alone (no images)
 TABLE_FEATURES = ("prevalence_gap", "abs_prevalence_gap", "log_size_ratio", "min_group_share")
 #: the domain-classifier baseline: the image signal alone
 DOMAIN_FEATURES = ("domain_excess",)
+#: the study proxy alone (not a baseline of the issue: it shows what the rest of the predictor adds)
+PROXY_FEATURES = ("proxy_delta",)
 #: the ridge penalty on standardised features
 ALPHA = 1.0
 #: P(delta < 0) from which the verdict is "hurts" (and at most 1 - this: "helps")
@@ -39,7 +41,7 @@ VERDICTS = (HURTS, NO_CLEAR, HELPS)
 
 def features(signals: pd.DataFrame) -> pd.DataFrame:
     """The predictor's features from signal columns (``prevalence_gap``, ``log_size_ratio``,
-    ``min_group_share`` and, when the images were read, ``domain_auc``)."""
+    ``min_group_share`` and, when the images were read, ``domain_auc`` and ``proxy_delta``)."""
     out = pd.DataFrame(index=signals.index)
     gap = signals["prevalence_gap"].astype(float)
     out["prevalence_gap"] = gap
@@ -51,6 +53,8 @@ def features(signals: pd.DataFrame) -> pd.DataFrame:
         out["domain_excess"] = excess
         out["domain_x_gap"] = excess * gap
         out["domain_x_abs_gap"] = excess * gap.abs()
+    if "proxy_delta" in signals:
+        out["proxy_delta"] = signals["proxy_delta"].astype(float)
     return out
 
 
@@ -181,11 +185,13 @@ def baselines(X: pd.DataFrame, delta, groups) -> dict[str, pd.DataFrame]:
     """The predictions of the baselines, as ``mu``/``p_hurt`` frames: *always helps*; the
     *prevalence rule* (hurts when the added hospital has the lower train prevalence); and, when the
     images were read, the *domain classifier alone* (the same ridge on the image signal only,
-    cross-validated the same way)."""
+    cross-validated the same way) and, for reference, the *study proxy alone* (likewise)."""
     gap = X["prevalence_gap"].to_numpy(float)
     out = {"always_helps": pd.DataFrame({"mu": np.full(len(X), 1.0), "p_hurt": np.zeros(len(X))}, index=X.index),
            "prevalence_rule": pd.DataFrame({"mu": np.where(gap < 0, -1.0, 1.0),
                                             "p_hurt": np.where(gap < 0, 1.0, 0.0)}, index=X.index)}
     if all(f in X for f in DOMAIN_FEATURES):
         out["domain_only"] = cross_validated(X, delta, groups, DOMAIN_FEATURES)
+    if all(f in X for f in PROXY_FEATURES):
+        out["proxy_only"] = cross_validated(X, delta, groups, PROXY_FEATURES)
     return out

@@ -15,6 +15,12 @@ A setting is (base hospital, added hospital, label, balance mode). Two kinds of 
   Dilemma", MLHC 2024): the cross-validated AUROC of a logistic regression on 8x8 thumbnails plus
   intensity statistics, averaged over the label's two values. 0.5: the hospital cannot be read from
   the image; 1: perfectly.
+- A proxy of the study itself (seconds): the same comparison the study makes, with a logistic
+  regression on those image features in place of the network: fitted on the base hospital's train
+  images (the single model) and on both hospitals' (the pair, each hospital weighted equally, as
+  equal-share batches do; under hospital-label balancing the negatives are down-weighted to the
+  common prevalence, as the training undersamples them), each thresholded at its best validation
+  macro-F1, and scored on both hospitals' val splits: ``proxy_delta`` = WGA(pair) - WGA(single).
 
 Everything here is NumPy/scikit-learn on label arrays and image arrays; no MLflow, no model.
 """
@@ -30,6 +36,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from cxrstudy.train.balancing import BALANCE_HOSPITAL_LABEL, prevalence, undersample_negatives_to
+from cxrstudy.train.scoring import group_accuracy, predict, select_threshold, worst_group
 
 #: the table signals, in the order advice.csv lists them
 TABLE_SIGNALS = ("base_prevalence", "added_prevalence", "prevalence_gap", "base_n", "added_n", "log_size_ratio",
@@ -123,18 +130,79 @@ def domain_auc(base: tuple[np.ndarray, np.ndarray], added: tuple[np.ndarray, np.
     return float(np.mean(aucs)) if aucs else float("nan")
 
 
+#: the study proxy's signal (absent when advise runs from the label tables alone)
+PROXY_SIGNAL = "proxy_delta"
+#: train images per hospital the study proxy fits on at most (a fixed random sample)
+PROXY_SAMPLE = 1500
+
+
+def _arm_weights(ys: list[np.ndarray], balance: str) -> np.ndarray:
+    """Example weights of one arm's training hospitals (labels ``ys``): each hospital sums to 1 (equal
+    shares); under hospital-label balancing, negatives weigh ``p(1-t) / (t(1-p))`` of a positive, which
+    takes a hospital of prevalence ``p`` to the arm's highest prevalence ``t`` as undersampling would."""
+    t = max(prevalence(y) for y in ys)
+    out = []
+    for y in ys:
+        p = prevalence(y)
+        w = np.ones(len(y))
+        if balance == BALANCE_HOSPITAL_LABEL and 0 < p < 1 and 0 < t < 1:
+            w[y == 0] = p * (1 - t) / (t * (1 - p))
+        out.append(w / w.sum())
+    return np.concatenate(out)
+
+
+def proxy_wga(train: list[tuple[np.ndarray, np.ndarray]], val: dict, balance: str) -> float:
+    """The worst-group accuracy, on the val images ``val`` (hospital -> (features, labels)), of a
+    logistic regression fitted on ``train`` (one ``(features, labels)`` per training hospital, weighted
+    by :func:`_arm_weights`), thresholded at the best macro-F1 on the val images of its training
+    hospitals (the first ``len(train)`` of ``val``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.concatenate([x for x, _ in train])
+    y = np.concatenate([t for _, t in train])
+    w = _arm_weights([t for _, t in train], balance)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=300))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf.fit(X, y, logisticregression__sample_weight=w * len(y))
+    envs = list(val)
+    scores = {e: clf.predict_proba(val[e][0])[:, 1] for e in envs}
+    own = envs[:len(train)]
+    thr, _ = select_threshold(np.concatenate([val[e][1] for e in own]), np.concatenate([scores[e] for e in own]))
+    groups = group_accuracy(np.concatenate([[e] * len(scores[e]) for e in envs]),
+                            np.concatenate([val[e][1] for e in envs]),
+                            predict(np.concatenate([scores[e] for e in envs]), thr))
+    return worst_group(groups)[0]
+
+
 #: the columns of a settings' signal table, after the setting's own
-SIGNAL_COLUMNS = TABLE_SIGNALS + (DOMAIN_SIGNAL, "table_seconds", "image_seconds")
+SIGNAL_COLUMNS = TABLE_SIGNALS + (DOMAIN_SIGNAL, PROXY_SIGNAL, "table_seconds", "image_seconds")
 
 
 def setting_signals(spec, settings, *, images: bool = True, seed: int = 0, progress: bool = True):
     """The signals of each setting ``(base, added, label, balance)`` of the hospitals in ``spec``
     (a ``DataSpec``): one row per setting with :data:`SIGNAL_COLUMNS`. Table signals read the train
-    split's labels; with ``images``, the domain classifier reads the train split's cached images
-    (built on first use, at ``spec.image_size``). Each row logs what its signals cost (seconds); the
-    domain classifier, shared by the settings of one hospital pair and label, is charged to the
-    first of them."""
-    labels_of, images_of, domain = {}, {}, {}
+    split's labels; with ``images``, the domain classifier and the study proxy read the cached train
+    and val images (built on first use, at ``spec.image_size``). Each row logs what its signals cost
+    (seconds); what several settings share (the domain classifier and the proxy's pair model of one
+    hospital pair and label, a hospital's image features) is charged to the first of them."""
+    labels_of, images_of, domain, feats, pair_wga = {}, {}, {}, {}, {}
+    rng = np.random.default_rng(seed)
+
+    def labelled(env, split, label):
+        """(image features, labels) of the split (train: a fixed sample of at most PROXY_SAMPLE)."""
+        if (env, split) not in feats:
+            entry = spec.entry(env, split, progress=False)
+            slots = entry.index["slot"].to_numpy()
+            keep = np.arange(len(slots))
+            if split == "train" and len(slots) > PROXY_SAMPLE:
+                keep = np.sort(rng.choice(len(slots), PROXY_SAMPLE, replace=False))
+            feats[(env, split)] = (entry, keep, image_features(entry.images()[slots[keep]]))
+        entry, keep, x = feats[(env, split)]
+        return x, entry.index[label].to_numpy().astype(np.int64)[keep]
+
     rows = []
     for base, added, label, balance in tqdm(list(settings), desc="signals", unit="setting", disable=not progress):
         t0 = time.perf_counter()
@@ -158,7 +226,12 @@ def setting_signals(spec, settings, *, images: bool = True, seed: int = 0, progr
                     entry = images_of[env]
                     return entry.images()[entry.index["slot"].to_numpy()], labels_of[(env, label)]
                 domain[pair] = domain_auc(sample(base), sample(added), seed=seed)
-                row["image_seconds"] = time.perf_counter() - t1
             row[DOMAIN_SIGNAL] = domain[pair]
+            val = {env: labelled(env, "val", label) for env in (base, added)}
+            train = [labelled(env, "train", label) for env in (base, added)]
+            if (pair, balance) not in pair_wga:
+                pair_wga[(pair, balance)] = proxy_wga(train, val, balance)
+            row[PROXY_SIGNAL] = pair_wga[(pair, balance)] - proxy_wga(train[:1], val, balance)
+            row["image_seconds"] = time.perf_counter() - t1
         rows.append(row)
     return pd.DataFrame(rows)
