@@ -10,6 +10,8 @@ import mlflow
 import psutil
 from mlflow.tracking import MlflowClient
 
+from cxrstudy.runs.launchers import train_worker
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--envs", "cxp,nih", "--labels", "Any", "--seeds", "0", "--balances", "none,hospital_label",
         "--preset", "cpu", "--image_size", "32", "--batch_size", "16", "--synthetic_patients", "200",
@@ -103,7 +105,7 @@ def test_two_workers_through_a_local_server_lose_no_runs_and_resume_after_a_kill
         if "metrics.val/macro_f1" in running.columns and running["metrics.val/macro_f1"].notna().any():
             for child in main_proc.children(recursive=True):
                 try:
-                    if any("entrypoints/train.py" in part for part in child.cmdline()):
+                    if any(train_worker.__name__ in part for part in child.cmdline()):
                         child.kill()
                         killed = child.pid
                         break

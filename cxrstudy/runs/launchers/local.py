@@ -191,9 +191,16 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
                 with guard:
                     if stop.is_set():
                         return
-                    if proc is None:
-                        proc = start_worker(slot)
                     busy[slot] = (cfg, proc)
+                if proc is None:  # started outside the lock: an interrupt never waits for a process start
+                    started = start_worker(slot)
+                    with guard:
+                        busy[slot] = (cfg, started)
+                        late = stop.is_set()
+                    if late:  # interrupted while it started: it never got its cell
+                        stop_workers([started])
+                        return
+                    proc = started
                 try:
                     proc.stdin.write(json.dumps({"params": cell_params(cfg, parent_run_id, device), "log": str(log)})
                                      + "\n")
@@ -219,10 +226,14 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
         """Start no further cell, stop the workers, and leave none of their runs RUNNING."""
         restore = _ignoring_sigint()
         try:
-            with guard:
+            locked = guard.acquire(timeout=10)  # held only for dict updates; never wait on it for long
+            try:
                 stop.set()
                 running = [cfg for cfg, _ in busy.values() if cfg is not None]
                 procs = [proc for _, proc in busy.values() if proc is not None]
+            finally:
+                if locked:
+                    guard.release()
             stop_workers(procs)  # first: a closed stderr must not keep them running
             try:
                 print(f"interrupted: no further cell started; {len(running)} running worker(s) stopped",
