@@ -10,9 +10,10 @@ locked'. On a node with several visible GPUs every worker slot owns one GPU
 GPU only when more workers than GPUs are asked for explicitly. A cell whose configuration
 already has a FINISHED run is skipped, so a killed study resumes where it stopped.
 
-Interrupted (Ctrl-C, i.e. SIGINT, or any error in the parent), the parent starts no further cell,
-passes SIGINT on to every running worker (each in its own session, so a terminal's Ctrl-C reaches
-them once, through the parent), which ends its run KILLED; a worker still alive after
+Interrupted (Ctrl-C, i.e. SIGINT, or any error in the parent), the parent starts no further cell and
+passes SIGINT on to every worker (workers share the parent's process group, so a terminal's Ctrl-C
+reaches them directly too, and a worker that answers "interrupted" stops the study even before the
+parent sees its own signal); each ends its run KILLED; a worker still alive after
 :data:`STOP_GRACE_S` seconds is killed, and its run, if still RUNNING, is marked KILLED for it.
 """
 
@@ -45,12 +46,12 @@ STOP_GRACE_S = 30.0
 
 
 def stop_workers(procs: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
-    """SIGINT to each running worker's process group (the worker ends its run KILLED and exits 130);
-    SIGKILL to any still alive after ``grace_s`` seconds."""
+    """SIGINT to each running worker (the worker ends its run KILLED and exits 130); SIGKILL to any
+    still alive after ``grace_s`` seconds."""
     for p in procs:
         if p.poll() is None:
             try:
-                os.killpg(p.pid, signal.SIGINT)
+                p.send_signal(signal.SIGINT)
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + grace_s
@@ -58,10 +59,7 @@ def stop_workers(procs: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -
         try:
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            p.kill()
             p.wait()
 
 
@@ -174,10 +172,10 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
 
     def start_worker(slot: int) -> subprocess.Popen:
         with open(log_dir / f"worker-{slot}.log", "a") as fh:
-            # its own session: a terminal's Ctrl-C reaches the worker only through stop_workers
+            # in the parent's process group: a terminal's Ctrl-C reaches every worker at once, and the
+            # parent stops them too (stop_workers) when it is interrupted some other way
             return subprocess.Popen(worker_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=fh, text=True,
-                                    env=worker_env(slot, workers, tracking_uri, experiment_id, gpus), cwd=ROOT,
-                                    start_new_session=True)
+                                    env=worker_env(slot, workers, tracking_uri, experiment_id, gpus), cwd=ROOT)
 
     def serve(slot: int) -> None:
         proc = None
@@ -216,6 +214,8 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
                     proc = None
                 with guard:
                     busy[slot] = (None, proc)
+                    if rc == train_worker.INTERRUPTED:  # Ctrl-C reached the worker: start no further cell
+                        stop.set()
                 finished.put((cfg, rc, log))
         finally:
             if proc is not None and not stop.is_set():
@@ -267,6 +267,8 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
                     if not any(t.is_alive() for t in threads) and finished.empty():
                         raise DataError("the training workers stopped before every cell had an answer; "
                                         f"their logs: {log_dir}/worker-*.log")
+            if rc == train_worker.INTERRUPTED:  # the workers were interrupted: so is the study
+                raise KeyboardInterrupt
             if rc != 0:
                 failed.append((cfg, rc, log))
                 mark_orphans_failed(keys.CONFIG_HASH_TAG, cfg.content_hash())
