@@ -10,10 +10,9 @@ locked'. On a node with several visible GPUs every worker slot owns one GPU
 GPU only when more workers than GPUs are asked for explicitly. A cell whose configuration
 already has a FINISHED run is skipped, so a killed study resumes where it stopped.
 
-Interrupted (Ctrl-C, i.e. SIGINT, or any error in the parent), the parent starts no further cell and
-passes SIGINT on to every worker (workers share the parent's process group, so a terminal's Ctrl-C
-reaches them directly too, and a worker that answers "interrupted" stops the study even before the
-parent sees its own signal); each ends its run KILLED; a worker still alive after
+Interrupted (Ctrl-C, i.e. SIGINT, or any error in the parent), the parent starts no further cell,
+passes SIGINT on to every running worker (each in its own session, so a terminal's Ctrl-C reaches
+them once, through the parent), which ends its run KILLED; a worker still alive after
 :data:`STOP_GRACE_S` seconds is killed, and its run, if still RUNNING, is marked KILLED for it.
 """
 
@@ -46,12 +45,12 @@ STOP_GRACE_S = 30.0
 
 
 def stop_workers(procs: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
-    """SIGINT to each running worker (the worker ends its run KILLED and exits 130); SIGKILL to any
-    still alive after ``grace_s`` seconds."""
+    """SIGINT to each running worker's process group (the worker ends its run KILLED and exits 130);
+    SIGKILL to any still alive after ``grace_s`` seconds."""
     for p in procs:
         if p.poll() is None:
             try:
-                p.send_signal(signal.SIGINT)
+                os.killpg(p.pid, signal.SIGINT)
             except ProcessLookupError:
                 pass
     deadline = time.monotonic() + grace_s
@@ -59,7 +58,10 @@ def stop_workers(procs: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -
         try:
             p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            p.kill()
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             p.wait()
 
 
@@ -172,10 +174,10 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
 
     def start_worker(slot: int) -> subprocess.Popen:
         with open(log_dir / f"worker-{slot}.log", "a") as fh:
-            # in the parent's process group: a terminal's Ctrl-C reaches every worker at once, and the
-            # parent stops them too (stop_workers) when it is interrupted some other way
+            # its own session: a terminal's Ctrl-C reaches the worker only through stop_workers
             return subprocess.Popen(worker_argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=fh, text=True,
-                                    env=worker_env(slot, workers, tracking_uri, experiment_id, gpus), cwd=ROOT)
+                                    env=worker_env(slot, workers, tracking_uri, experiment_id, gpus), cwd=ROOT,
+                                    start_new_session=True)
 
     def serve(slot: int) -> None:
         proc = None
@@ -189,16 +191,9 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
                 with guard:
                     if stop.is_set():
                         return
+                    if proc is None:
+                        proc = start_worker(slot)
                     busy[slot] = (cfg, proc)
-                if proc is None:  # started outside the lock: an interrupt never waits for a process start
-                    started = start_worker(slot)
-                    with guard:
-                        busy[slot] = (cfg, started)
-                        late = stop.is_set()
-                    if late:  # interrupted while it started: it never got its cell
-                        stop_workers([started])
-                        return
-                    proc = started
                 try:
                     proc.stdin.write(json.dumps({"params": cell_params(cfg, parent_run_id, device), "log": str(log)})
                                      + "\n")
@@ -214,8 +209,6 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
                     proc = None
                 with guard:
                     busy[slot] = (None, proc)
-                    if rc == train_worker.INTERRUPTED:  # Ctrl-C reached the worker: start no further cell
-                        stop.set()
                 finished.put((cfg, rc, log))
         finally:
             if proc is not None and not stop.is_set():
@@ -226,14 +219,10 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
         """Start no further cell, stop the workers, and leave none of their runs RUNNING."""
         restore = _ignoring_sigint()
         try:
-            locked = guard.acquire(timeout=10)  # held only for dict updates; never wait on it for long
-            try:
+            with guard:
                 stop.set()
                 running = [cfg for cfg, _ in busy.values() if cfg is not None]
                 procs = [proc for _, proc in busy.values() if proc is not None]
-            finally:
-                if locked:
-                    guard.release()
             stop_workers(procs)  # first: a closed stderr must not keep them running
             try:
                 print(f"interrupted: no further cell started; {len(running)} running worker(s) stopped",
@@ -267,8 +256,6 @@ def run_cells(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
                     if not any(t.is_alive() for t in threads) and finished.empty():
                         raise DataError("the training workers stopped before every cell had an answer; "
                                         f"their logs: {log_dir}/worker-*.log")
-            if rc == train_worker.INTERRUPTED:  # the workers were interrupted: so is the study
-                raise KeyboardInterrupt
             if rc != 0:
                 failed.append((cfg, rc, log))
                 mark_orphans_failed(keys.CONFIG_HASH_TAG, cfg.content_hash())
