@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from cxrstudy.errors import DataError, UsageError
 from cxrstudy.runs.launchers import train_worker
 from cxrstudy.runs.launchers.common import ROOT, cell_name, http_retry_env, pending
-from cxrstudy.runs.train import run_training
+from cxrstudy.runs.train import finished_hashes, run_training
 from cxrstudy.tracking import keys
 from cxrstudy.tracking.runs import mark_orphans_failed
 from cxrstudy.train.config import TrainConfig, config_to_params
@@ -284,7 +284,8 @@ def run_local(cells: list[TrainConfig], *, workers: int = 1, parent_run_id: str 
 
     from cxrstudy.tracking.server import local_server
 
-    if not pending(cells):  # every model is trained (a re-run): no server to start
+    hashes = {c.content_hash() for c in cells}
+    if finished_hashes(hashes) == hashes:  # every model is trained (a re-run): no server to start
         return
     if workers > 1 and tracking_uri.startswith("sqlite:"):
         db = Path(tracking_uri.split("sqlite:///", 1)[1])
