@@ -21,15 +21,26 @@ from .queries import active_run_id, comparison_table, log_outputs, seed_set, tra
 ADVISED_BALANCES = (BALANCE_NONE, BALANCE_HOSPITAL_LABEL)
 
 
+def sound(table: pd.DataFrame) -> pd.Series:
+    """Which comparisons measure the shortcut: none of their models is constant (predicts one class on
+    validation) or unconverged (the analysis flags both, docs/PROTOCOL.md "Training")."""
+    flags = [table[c].fillna(0) if c in table else pd.Series(0, index=table.index)
+             for c in ("n_constant_models", "n_unconverged_models")]
+    return (flags[0] == 0) & (flags[1] == 0)
+
+
 def studied(spec, experiment_id: str, source: str, *, images: bool, seed: int):
-    """The experiment's FINISHED ERM comparisons of ``source`` with their signals (recomputed at each
-    one's shortcut strength on synthetic data), the training seconds of its grid (the study's seeds
-    only, not the A/A floor's) and what those signals cost. ``(None, nan, nan)`` without studies."""
+    """The experiment's FINISHED ERM comparisons of ``source`` whose models all learned and converged
+    (:func:`sound`), with their signals (recomputed at each one's shortcut strength on synthetic data),
+    the training seconds of its grid (the study's seeds only, not the A/A floor's), what those signals
+    cost, and how many comparisons were left out as unsound. ``(None, nan, nan, 0)`` without studies."""
     table = comparison_table([experiment_id], source)
     table = table[(table["method"] == keys.DEFAULT_METHOD) & table["balance"].isin(ADVISED_BALANCES)
                   & table["delta_ci_low"].notna()]
+    unsound = int((~sound(table)).sum()) if not table.empty else 0
+    table = table[sound(table)] if not table.empty else table
     if table.empty:
-        return None, float("nan"), float("nan")
+        return None, float("nan"), float("nan"), unsound
     parts = []
     for strength, part in table.groupby(table["shortcut_strength"].fillna(-1.0), sort=True):
         s_spec = spec.at_strength(strength) if spec.is_synthetic and strength >= 0 else spec
@@ -39,7 +50,7 @@ def studied(spec, experiment_id: str, source: str, *, images: bool, seed: int):
     history = pd.concat(parts, ignore_index=True)
     seeds = sorted(set().union(*(seed_set(s) for s in table["seeds"])))
     cost = float(history["table_seconds"].sum() + history["image_seconds"].sum())
-    return history, training_seconds([experiment_id], seeds or None), cost
+    return history, training_seconds([experiment_id], seeds or None), cost, unsound
 
 
 def run_study_advice(spec, envs, labels, balances, experiment, *, images: bool, seed: int = 0) -> dict:
@@ -48,9 +59,12 @@ def run_study_advice(spec, envs, labels, balances, experiment, *, images: bool, 
     settings = [(b, a, lab, bal) for lab in labels for b in envs for a in envs if a != b for bal in balances]
     signals = setting_signals(spec, settings, images=images, seed=seed)
     source = "real" if spec.source == "metadata" else spec.source  # label tables alone: learn from real studies
-    history, grid_s, hist_cost = studied(spec, experiment.experiment_id, source, images=images, seed=seed)
+    history, grid_s, hist_cost, unsound = studied(spec, experiment.experiment_id, source, images=images, seed=seed)
+    studies = f"experiment {experiment.name!r}"
+    if unsound:
+        studies += f" ({unsound} comparison(s) resting on a constant or unconverged model left out)"
     with tempfile.TemporaryDirectory(prefix="cxrstudy-advise-") as tmp:
-        result = run_advise(signals, history, tmp, images=images, studies=f"experiment {experiment.name!r}",
+        result = run_advise(signals, history, tmp, images=images, studies=studies,
                             grid_seconds=grid_s, history_signal_seconds=hist_cost)
         print("\n".join(result["report"]), flush=True)
         with tracking.run(run_name=f"advise-{'+'.join(envs)}",

@@ -17,7 +17,7 @@ from analysis.advise_model import (FEATURES, HELPS, HURTS, NO_CLEAR, TABLE_FEATU
                                    cross_validated, features, fit, measured_verdict, score, verdict)
 from cxrstudy.data.dataspec import DataSpec
 from cxrstudy.data.synthetic.config import SyntheticConfig
-from cxrstudy.evaluate.signals import domain_auc, setting_signals, table_signals
+from cxrstudy.evaluate.signals import PROXY_SAMPLE, domain_auc, setting_signals, table_signals
 from cxrstudy.tracking import keys
 
 
@@ -70,6 +70,27 @@ def test_setting_signals_on_the_synthetic_hospitals_see_the_shortcut_knob(tmp_pa
     assert rows[1.0]["domain_auc"] > 0.9 > 0.7 > rows[0.0]["domain_auc"]
     assert rows[1.0]["prevalence_gap"] == rows[0.0]["prevalence_gap"]  # same patients and labels
 
+
+
+def test_the_study_proxy_does_not_depend_on_which_settings_are_asked_or_in_what_order(tmp_path):
+    # each hospital's train samples (one per repeat) are its own, so advising on a subset of a study's
+    # settings, or in another order, gives each setting the proxy value it gets in the whole study
+    spec = DataSpec(source="synthetic", image_size=16, cache_dir=str(tmp_path),
+                    synthetic=SyntheticConfig(n_patients=1500, shortcut_strength=1.0))
+    settings = [("cxp", "nih", "Any", "none"), ("nih", "cxp", "Any", "none"), ("mimic", "nih", "Any", "none")]
+    assert all(len(spec.rows(env, "train")) > PROXY_SAMPLE for env in ("cxp", "nih", "mimic"))  # samples drawn
+    whole = setting_signals(spec, settings, progress=False).set_index(["base", "added"])
+    part = setting_signals(spec, settings[::-1][:2], progress=False).set_index(["base", "added"])
+    for key in part.index:
+        assert part.loc[key, "proxy_delta"] == whole.loc[key, "proxy_delta"]
+        assert part.loc[key, "domain_auc"] == whole.loc[key, "domain_auc"]
+
+
+def test_advise_learns_only_from_comparisons_whose_models_learned_and_converged():
+    from analysis.advise_study import sound
+    t = pd.DataFrame({"n_constant_models": [0, 1, 0, np.nan], "n_unconverged_models": [0, 0, 2, np.nan]})
+    assert list(sound(t)) == [True, False, False, True]
+    assert list(sound(pd.DataFrame({"x": [1, 2]}))) == [True, True]  # older comparisons log neither count
 
 # --- the predictor -----------------------------------------------------------------------------------
 

@@ -20,7 +20,9 @@ A setting is (base hospital, added hospital, label, balance mode). Two kinds of 
   images (the single model) and on both hospitals' (the pair, each hospital weighted equally, as
   equal-share batches do; under hospital-label balancing the negatives are down-weighted to the
   common prevalence, as the training undersamples them), each thresholded at its best validation
-  macro-F1, and scored on both hospitals' val splits: ``proxy_delta`` = WGA(pair) - WGA(single).
+  macro-F1, and scored on both hospitals' val splits: ``proxy_delta`` = WGA(pair) - WGA(single),
+  averaged over ``PROXY_REPEATS`` random train samples (one WGA on small val groups is noisy; the
+  study averages its seeds for the same reason).
 
 Everything here is NumPy/scikit-learn on label arrays and image arrays; no MLflow, no model.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -132,8 +135,10 @@ def domain_auc(base: tuple[np.ndarray, np.ndarray], added: tuple[np.ndarray, np.
 
 #: the study proxy's signal (absent when advise runs from the label tables alone)
 PROXY_SIGNAL = "proxy_delta"
-#: train images per hospital the study proxy fits on at most (a fixed random sample)
+#: train images per hospital the study proxy fits on at most (a random sample per repeat)
 PROXY_SAMPLE = 1500
+#: independent train samples the study proxy averages its WGAs over
+PROXY_REPEATS = 10
 
 
 def _arm_weights(ys: list[np.ndarray], balance: str) -> np.ndarray:
@@ -181,6 +186,15 @@ def proxy_wga(train: list[tuple[np.ndarray, np.ndarray]], val: dict, balance: st
 SIGNAL_COLUMNS = TABLE_SIGNALS + (DOMAIN_SIGNAL, PROXY_SIGNAL, "table_seconds", "image_seconds")
 
 
+def _sample(n: int, env: str, repeat: int, seed: int) -> np.ndarray:
+    """Repeat ``repeat``'s train sample of ``env`` (at most PROXY_SAMPLE of its ``n`` images): the same
+    for every setting that reads that hospital, so the single and pair models of a repeat share it."""
+    if n <= PROXY_SAMPLE:
+        return np.arange(n)
+    rng = np.random.default_rng([seed, repeat, zlib.crc32(env.encode())])
+    return np.sort(rng.choice(n, PROXY_SAMPLE, replace=False))
+
+
 def setting_signals(spec, settings, *, images: bool = True, seed: int = 0, progress: bool = True):
     """The signals of each setting ``(base, added, label, balance)`` of the hospitals in ``spec``
     (a ``DataSpec``): one row per setting with :data:`SIGNAL_COLUMNS`. Table signals read the train
@@ -188,20 +202,32 @@ def setting_signals(spec, settings, *, images: bool = True, seed: int = 0, progr
     and val images (built on first use, at ``spec.image_size``). Each row logs what its signals cost
     (seconds); what several settings share (the domain classifier and the proxy's pair model of one
     hospital pair and label, a hospital's image features) is charged to the first of them."""
-    labels_of, images_of, domain, feats, pair_wga = {}, {}, {}, {}, {}
-    rng = np.random.default_rng(seed)
+    labels_of, images_of, domain, feats, arm_wga = {}, {}, {}, {}, {}
 
     def labelled(env, split, label):
-        """(image features, labels) of the split (train: a fixed sample of at most PROXY_SAMPLE)."""
+        """(image features, labels) of every image of the split."""
         if (env, split) not in feats:
             entry = spec.entry(env, split, progress=False)
-            slots = entry.index["slot"].to_numpy()
-            keep = np.arange(len(slots))
-            if split == "train" and len(slots) > PROXY_SAMPLE:
-                keep = np.sort(rng.choice(len(slots), PROXY_SAMPLE, replace=False))
-            feats[(env, split)] = (entry, keep, image_features(entry.images()[slots[keep]]))
-        entry, keep, x = feats[(env, split)]
-        return x, entry.index[label].to_numpy().astype(np.int64)[keep]
+            feats[(env, split)] = (entry, image_features(entry.images()[entry.index["slot"].to_numpy()]))
+        entry, x = feats[(env, split)]
+        return x, entry.index[label].to_numpy().astype(np.int64)
+
+    def proxy(trained_on, scored_on, label, balance):
+        """The proxy's WGA on the val images of ``scored_on`` (the hospitals ``trained_on`` first),
+        averaged over PROXY_REPEATS train samples, of the model trained on ``trained_on``."""
+        key = (trained_on, scored_on, label, balance)
+        if key not in arm_wga:
+            val = {env: labelled(env, "val", label) for env in scored_on}
+            wgas = []
+            for repeat in range(PROXY_REPEATS):
+                train = []
+                for env in trained_on:
+                    x, y = labelled(env, "train", label)
+                    keep = _sample(len(y), env, repeat, seed)
+                    train.append((x[keep], y[keep]))
+                wgas.append(proxy_wga(train, val, balance))
+            arm_wga[key] = float(np.mean(wgas))
+        return arm_wga[key]
 
     rows = []
     for base, added, label, balance in tqdm(list(settings), desc="signals", unit="setting", disable=not progress):
@@ -227,11 +253,8 @@ def setting_signals(spec, settings, *, images: bool = True, seed: int = 0, progr
                     return entry.images()[entry.index["slot"].to_numpy()], labels_of[(env, label)]
                 domain[pair] = domain_auc(sample(base), sample(added), seed=seed)
             row[DOMAIN_SIGNAL] = domain[pair]
-            val = {env: labelled(env, "val", label) for env in (base, added)}
-            train = [labelled(env, "train", label) for env in (base, added)]
-            if (pair, balance) not in pair_wga:
-                pair_wga[(pair, balance)] = proxy_wga(train, val, balance)
-            row[PROXY_SIGNAL] = pair_wga[(pair, balance)] - proxy_wga(train[:1], val, balance)
+            both = tuple(sorted((base, added)))  # the pair's model serves both directions of the pair
+            row[PROXY_SIGNAL] = proxy(both, both, label, balance) - proxy((base,), (base, added), label, balance)
             row["image_seconds"] = time.perf_counter() - t1
         rows.append(row)
     return pd.DataFrame(rows)
