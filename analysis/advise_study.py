@@ -16,6 +16,7 @@ from cxrstudy.train.balancing import BALANCE_HOSPITAL_LABEL, BALANCE_NONE
 
 from .advise import SETTING, run_advise
 from .queries import active_run_id, comparison_table, log_outputs, seed_set, training_seconds
+from .summary import model_flag_counts
 
 #: the balance modes advise predicts (size matching is not among a study's default modes)
 ADVISED_BALANCES = (BALANCE_NONE, BALANCE_HOSPITAL_LABEL)
@@ -24,9 +25,8 @@ ADVISED_BALANCES = (BALANCE_NONE, BALANCE_HOSPITAL_LABEL)
 def sound(table: pd.DataFrame) -> pd.Series:
     """Which comparisons measure the shortcut: none of their models is constant (predicts one class on
     validation) or unconverged (the analysis flags both, docs/PROTOCOL.md "Training")."""
-    flags = [table[c].fillna(0) if c in table else pd.Series(0, index=table.index)
-             for c in ("n_constant_models", "n_unconverged_models")]
-    return (flags[0] == 0) & (flags[1] == 0)
+    constant, unconverged = model_flag_counts(table)
+    return (constant == 0) & (unconverged == 0)
 
 
 def studied(spec, experiment_id: str, source: str, *, images: bool, seed: int):
@@ -37,8 +37,9 @@ def studied(spec, experiment_id: str, source: str, *, images: bool, seed: int):
     table = comparison_table([experiment_id], source)
     table = table[(table["method"] == keys.DEFAULT_METHOD) & table["balance"].isin(ADVISED_BALANCES)
                   & table["delta_ci_low"].notna()]
-    unsound = int((~sound(table)).sum()) if not table.empty else 0
-    table = table[sound(table)] if not table.empty else table
+    keep = sound(table)
+    unsound = int((~keep).sum())
+    table = table[keep]
     if table.empty:
         return None, float("nan"), float("nan"), unsound
     parts = []

@@ -19,7 +19,8 @@ from .noise_floor import report_section as noise_floor_report
 from .queries import (SETTINGS_COLUMNS, active_run_id, comparison_runs, experiment_names, gc_paused,
                       latest_dataset_stats, latest_per_setting, log_results, noise_floor_runs, probe_runs,
                       resolve_experiment_ids, seed_set)
-from .summary import as_metrics, headline, headline_sentence, hypothesis2_summary, hypothesis2_table
+from .summary import (as_metrics, headline, headline_sentence, hypothesis2_summary, hypothesis2_table,
+                      model_flag_counts)
 
 
 def no_runs_message(experiment_ids, source=None) -> str:
@@ -137,10 +138,7 @@ def model_flags(settings) -> list[str]:
     """Report lines naming every comparison that rests on a constant model (one that predicts a single
     class on validation: its WGA is 0 or a group's TPR/TNR of 1 by construction, not by learning) or on
     an unconverged one (cut off while still improving: a two-hospital model may just be behind)."""
-    def count(col):
-        return settings[col].fillna(0) if col in settings else pd.Series(0, index=settings.index)
-
-    constant, unconverged = count("n_constant_models"), count("n_unconverged_models")
+    constant, unconverged = model_flag_counts(settings)
     bad = settings[(constant > 0) | (unconverged > 0)]
     if bad.empty:
         return []

@@ -14,6 +14,16 @@ from cxrstudy.train.balancing import BALANCE_HOSPITAL_LABEL, BALANCE_MODES, BALA
 
 from .queries import known_order, sort_settings
 
+def model_flag_counts(settings: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Per setting, how many of its models are constant (predict one class on validation) and how many
+    unconverged (cut off while still improving): ``compare``'s two counts, 0 where a comparison logged
+    neither (older runs)."""
+    def count(col):
+        return settings[col].fillna(0) if col in settings else pd.Series(0, index=settings.index)
+
+    return count("n_constant_models"), count("n_unconverged_models")
+
+
 #: The paper's headline (Compton et al. 2023): adding a hospital hurt WGA in 43% of 108 settings.
 PAPER_HURT_FRACTION = 0.43
 PAPER_N_SETTINGS = 108

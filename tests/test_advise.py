@@ -71,7 +71,6 @@ def test_setting_signals_on_the_synthetic_hospitals_see_the_shortcut_knob(tmp_pa
     assert rows[1.0]["prevalence_gap"] == rows[0.0]["prevalence_gap"]  # same patients and labels
 
 
-
 def test_the_study_proxy_does_not_depend_on_which_settings_are_asked_or_in_what_order(tmp_path):
     # each hospital's train samples (one per repeat) are its own, so advising on a subset of a study's
     # settings, or in another order, gives each setting the proxy value it gets in the whole study
@@ -91,6 +90,7 @@ def test_advise_learns_only_from_comparisons_whose_models_learned_and_converged(
     t = pd.DataFrame({"n_constant_models": [0, 1, 0, np.nan], "n_unconverged_models": [0, 0, 2, np.nan]})
     assert list(sound(t)) == [True, False, False, True]
     assert list(sound(pd.DataFrame({"x": [1, 2]}))) == [True, True]  # older comparisons log neither count
+
 
 # --- the predictor -----------------------------------------------------------------------------------
 

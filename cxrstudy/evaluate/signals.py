@@ -218,14 +218,11 @@ def setting_signals(spec, settings, *, images: bool = True, seed: int = 0, progr
         key = (trained_on, scored_on, label, balance)
         if key not in arm_wga:
             val = {env: labelled(env, "val", label) for env in scored_on}
+            full = {env: labelled(env, "train", label) for env in trained_on}
             wgas = []
             for repeat in range(PROXY_REPEATS):
-                train = []
-                for env in trained_on:
-                    x, y = labelled(env, "train", label)
-                    keep = _sample(len(y), env, repeat, seed)
-                    train.append((x[keep], y[keep]))
-                wgas.append(proxy_wga(train, val, balance))
+                keeps = {env: _sample(len(y), env, repeat, seed) for env, (_, y) in full.items()}
+                wgas.append(proxy_wga([(x[keeps[env]], y[keeps[env]]) for env, (x, y) in full.items()], val, balance))
             arm_wga[key] = float(np.mean(wgas))
         return arm_wga[key]
 
