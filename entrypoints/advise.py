@@ -9,8 +9,9 @@ For every setting (base, added, label, balance) of the hospitals and labels: the
 adding the hospital lowers worst-group accuracy, a verdict (hurts / no clear effect / helps) and a
 recommendation (pool, pool with hospital-label balancing, keep apart), from cheap signals: the label
 tables (prevalences, sizes, how strongly hospital and label are associated once pooled) and, unless
-``source=metadata`` (label tables only), a domain classifier on small thumbnails of the train images and a
-proxy of the study (linear models on those thumbnails, scored on the val splits).
+``source=metadata`` (label tables only), a domain classifier on cheap features of the train images
+(thumbnails, intensity, texture) and a proxy of the study (linear models on those features, scored on
+the val splits).
 The predictor is a ridge regression fitted on the finished studies of the experiment (``against``,
 default: the current experiment; a main run's id names its experiment), scored there by leave-one-hospital-pair-out cross-validation
 against the studies' seed-aware verdicts, next to three baselines; with no study to learn from it

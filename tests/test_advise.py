@@ -17,7 +17,9 @@ from analysis.advise_model import (FEATURES, HELPS, HURTS, NO_CLEAR, TABLE_FEATU
                                    cross_validated, features, fit, measured_verdict, score, verdict)
 from cxrstudy.data.dataspec import DataSpec
 from cxrstudy.data.synthetic.config import SyntheticConfig
-from cxrstudy.evaluate.signals import PROXY_SAMPLE, domain_auc, setting_signals, table_signals
+from cxrstudy.evaluate import signals as signals_mod
+from cxrstudy.evaluate.signals import (PROXY_REPEATS, PROXY_SAMPLE, domain_auc, image_features, setting_signals,
+                                     table_signals)
 from cxrstudy.tracking import keys
 
 
@@ -83,6 +85,32 @@ def test_the_study_proxy_does_not_depend_on_which_settings_are_asked_or_in_what_
     for key in part.index:
         assert part.loc[key, "proxy_delta"] == whole.loc[key, "proxy_delta"]
         assert part.loc[key, "domain_auc"] == whole.loc[key, "domain_auc"]
+
+
+def test_image_features_see_the_texture_a_thumbnail_averages_away():
+    # two "hospitals" with the same picture on average, one with a fine grain: their thumbnails and
+    # mean intensity agree, the texture columns tell them apart
+    smooth = np.full((50, 32, 32), 120.0)
+    grainy = smooth + 12.0 * np.where(np.add.outer(np.arange(32), np.arange(32)) % 2 == 0, 1, -1)  # fine grain
+    a, b = image_features(smooth.astype(np.uint8)), image_features(grainy.astype(np.uint8))
+    assert a.shape == b.shape == (50, 64 + 7 + 17)
+    assert np.abs(a[:, :65] - b[:, :65]).max() < 1e-6  # thumbnail and mean intensity
+    assert (b[:, -17:] > a[:, -17:] + 0.1).all()  # the Laplacian of every cell and of the whole image
+
+
+def test_the_study_proxy_fits_each_arm_model_once_whatever_it_is_scored_on(tmp_path, monkeypatch):
+    # the single-hospital model of a base is the same whichever hospital is added (only the val
+    # splits it is scored on differ), and a pair's model serves both directions of the pair
+    spec = DataSpec(source="synthetic", image_size=16, cache_dir=str(tmp_path),
+                    synthetic=SyntheticConfig(n_patients=300, shortcut_strength=1.0))
+    fits = []
+    real_fit = signals_mod.proxy_fit
+    monkeypatch.setattr(signals_mod, "proxy_fit", lambda train, balance: fits.append(len(train)) or real_fit(train, balance))
+    envs = ("cxp", "nih", "pad")
+    settings = [(b, a, "Any", "none") for b in envs for a in envs if a != b]
+    sig = setting_signals(spec, settings, progress=False)
+    assert sorted(fits) == [1] * (3 * PROXY_REPEATS) + [2] * (3 * PROXY_REPEATS)  # 3 bases, 3 pairs
+    assert sig["proxy_delta"].notna().all()
 
 
 def test_advise_learns_only_from_comparisons_whose_models_learned_and_converged():

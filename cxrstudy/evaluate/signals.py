@@ -12,9 +12,9 @@ A setting is (base hospital, added hospital, label, balance mode). Two kinds of 
   group's share of a batch.
 - From the images (seconds): how well the two hospitals can be told apart from their train images
   at a fixed label value (a domain classifier, as in Shen, Raji and Chen, "The Data Addition
-  Dilemma", MLHC 2024): the cross-validated AUROC of a logistic regression on 8x8 thumbnails plus
-  intensity statistics, averaged over the label's two values. 0.5: the hospital cannot be read from
-  the image; 1: perfectly.
+  Dilemma", MLHC 2024): the cross-validated AUROC of a logistic regression on cheap image features
+  (an 8x8 thumbnail, intensity statistics and local texture), averaged over the label's two
+  values. 0.5: the hospital cannot be read from the image; 1: perfectly.
 - A proxy of the study itself (seconds): the same comparison the study makes, with a logistic
   regression on those image features in place of the network: fitted on the base hospital's train
   images (the single model) and on both hospitals' (the pair, each hospital weighted equally, as
@@ -22,7 +22,8 @@ A setting is (base hospital, added hospital, label, balance mode). Two kinds of 
   common prevalence, as the training undersamples them), each thresholded at its best validation
   macro-F1, and scored on both hospitals' val splits: ``proxy_delta`` = WGA(pair) - WGA(single),
   averaged over ``PROXY_REPEATS`` random train samples (one WGA on small val groups is noisy; the
-  study averages its seeds for the same reason).
+  study averages its seeds for the same reason). Each model is fitted once per train sample and
+  scored on whichever val splits a setting needs.
 
 Everything here is NumPy/scikit-learn on label arrays and image arrays; no MLflow, no model.
 """
@@ -87,8 +88,10 @@ def _mutual_information(joint: np.ndarray) -> float:
 
 
 def image_features(images: np.ndarray) -> np.ndarray:
-    """Cheap features of ``(n, H, W)`` uint8 images: an 8x8 thumbnail (area means) and the intensity
-    mean, standard deviation and 5/25/50/75/95th percentiles; float32, one row per image."""
+    """Cheap features of ``(n, H, W)`` uint8 images: an 8x8 thumbnail (area means), the intensity
+    mean, standard deviation and 5/25/50/75/95th percentiles, and the texture a thumbnail averages
+    away (a hospital's noise and sharpness, a sign's edges): the mean absolute Laplacian over each
+    cell of a 4x4 grid and over the whole image; float32, one row per image."""
     x = np.asarray(images, dtype=np.float32) / 255.0
     n, h, w = x.shape
     bh, bw = max(h // 8, 1), max(w // 8, 1)
@@ -96,7 +99,17 @@ def image_features(images: np.ndarray) -> np.ndarray:
     flat = x.reshape(n, -1)
     stats = np.concatenate([flat.mean(1, keepdims=True), flat.std(1, keepdims=True),
                             np.percentile(flat, [5, 25, 50, 75, 95], axis=1).T], axis=1)
-    return np.concatenate([thumb, stats], axis=1).astype(np.float32)
+    return np.concatenate([thumb, stats, _texture(x)], axis=1).astype(np.float32)
+
+
+def _texture(x: np.ndarray) -> np.ndarray:
+    """The mean absolute 4-neighbour Laplacian of ``(n, H, W)`` float images over each cell of a 4x4
+    grid (16 columns) and over the whole image (1 column)."""
+    n, h, w = x.shape
+    lap = np.abs(4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:])
+    ch, cw = (h - 2) // 4, (w - 2) // 4
+    cells = lap[:, :ch * 4, :cw * 4].reshape(n, 4, ch, 4, cw).mean(axis=(2, 4)).reshape(n, 16)
+    return np.concatenate([cells, lap.reshape(n, -1).mean(1, keepdims=True)], axis=1)
 
 
 def domain_auc(base: tuple[np.ndarray, np.ndarray], added: tuple[np.ndarray, np.ndarray], *, seed: int = 0,
@@ -156,11 +169,10 @@ def _arm_weights(ys: list[np.ndarray], balance: str) -> np.ndarray:
     return np.concatenate(out)
 
 
-def proxy_wga(train: list[tuple[np.ndarray, np.ndarray]], val: dict, balance: str) -> float:
-    """The worst-group accuracy, on the val images ``val`` (hospital -> (features, labels)), of a
-    logistic regression fitted on ``train`` (one ``(features, labels)`` per training hospital, weighted
-    by :func:`_arm_weights`), thresholded at the best macro-F1 on the val images of its training
-    hospitals (the first ``len(train)`` of ``val``)."""
+def proxy_fit(train: list[tuple[np.ndarray, np.ndarray]], balance: str):
+    """The study proxy's model of one arm: a logistic regression fitted on ``train`` (one
+    ``(features, labels)`` per training hospital, weighted by :func:`_arm_weights`); returns a
+    function from features to scores."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -172,9 +184,15 @@ def proxy_wga(train: list[tuple[np.ndarray, np.ndarray]], val: dict, balance: st
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         clf.fit(X, y, logisticregression__sample_weight=w * len(y))
+    return lambda features: clf.predict_proba(features)[:, 1]
+
+
+def proxy_wga(scores: dict, val: dict, n_own: int) -> float:
+    """The worst-group accuracy of one arm's model on the val images ``val`` (hospital -> (features,
+    labels)), whose scores are ``scores`` (hospital -> scores), thresholded at the best macro-F1 on
+    the val images of its ``n_own`` training hospitals (the first ``n_own`` of ``val``)."""
     envs = list(val)
-    scores = {e: clf.predict_proba(val[e][0])[:, 1] for e in envs}
-    own = envs[:len(train)]
+    own = envs[:n_own]
     thr, _ = select_threshold(np.concatenate([val[e][1] for e in own]), np.concatenate([scores[e] for e in own]))
     groups = group_accuracy(np.concatenate([[e] * len(scores[e]) for e in envs]),
                             np.concatenate([val[e][1] for e in envs]),
@@ -202,7 +220,7 @@ def setting_signals(spec, settings, *, images: bool = True, seed: int = 0, progr
     and val images (built on first use, at ``spec.image_size``). Each row logs what its signals cost
     (seconds); what several settings share (the domain classifier and the proxy's pair model of one
     hospital pair and label, a hospital's image features) is charged to the first of them."""
-    labels_of, images_of, domain, feats, arm_wga = {}, {}, {}, {}, {}
+    labels_of, images_of, domain, feats, fitted = {}, {}, {}, {}, {}
 
     def labelled(env, split, label):
         """(image features, labels) of every image of the split."""
@@ -212,19 +230,26 @@ def setting_signals(spec, settings, *, images: bool = True, seed: int = 0, progr
         entry, x = feats[(env, split)]
         return x, entry.index[label].to_numpy().astype(np.int64)
 
+    def scores(trained_on, label, balance, repeat, envs):
+        """The val scores, on each hospital of ``envs``, of repeat ``repeat``'s model trained on
+        ``trained_on``: fitted once, whichever hospitals it is then scored on."""
+        key = (trained_on, label, balance, repeat)
+        if key not in fitted:
+            full = {env: labelled(env, "train", label) for env in trained_on}
+            keeps = {env: _sample(len(y), env, repeat, seed) for env, (_, y) in full.items()}
+            fitted[key] = (proxy_fit([(x[keeps[env]], y[keeps[env]]) for env, (x, y) in full.items()], balance), {})
+        model, done = fitted[key]
+        for env in envs:
+            if env not in done:
+                done[env] = model(labelled(env, "val", label)[0])
+        return done
+
     def proxy(trained_on, scored_on, label, balance):
         """The proxy's WGA on the val images of ``scored_on`` (the hospitals ``trained_on`` first),
         averaged over PROXY_REPEATS train samples, of the model trained on ``trained_on``."""
-        key = (trained_on, scored_on, label, balance)
-        if key not in arm_wga:
-            val = {env: labelled(env, "val", label) for env in scored_on}
-            full = {env: labelled(env, "train", label) for env in trained_on}
-            wgas = []
-            for repeat in range(PROXY_REPEATS):
-                keeps = {env: _sample(len(y), env, repeat, seed) for env, (_, y) in full.items()}
-                wgas.append(proxy_wga([(x[keeps[env]], y[keeps[env]]) for env, (x, y) in full.items()], val, balance))
-            arm_wga[key] = float(np.mean(wgas))
-        return arm_wga[key]
+        val = {env: labelled(env, "val", label) for env in scored_on}
+        return float(np.mean([proxy_wga(scores(trained_on, label, balance, repeat, scored_on), val, len(trained_on))
+                              for repeat in range(PROXY_REPEATS)]))
 
     rows = []
     for base, added, label, balance in tqdm(list(settings), desc="signals", unit="setting", disable=not progress):
