@@ -14,6 +14,7 @@ from cxrstudy.train.balancing import BALANCE_HOSPITAL_LABEL, BALANCE_MODES, BALA
 
 from .queries import known_order, sort_settings
 
+
 def model_flag_counts(settings: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """Per setting, how many of its models are constant (predict one class on validation) and how many
     unconverged (cut off while still improving): ``compare``'s two counts, 0 where a comparison logged

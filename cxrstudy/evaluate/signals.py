@@ -218,8 +218,9 @@ def setting_signals(spec, settings, *, images: bool = True, seed: int = 0, progr
     (a ``DataSpec``): one row per setting with :data:`SIGNAL_COLUMNS`. Table signals read the train
     split's labels; with ``images``, the domain classifier and the study proxy read the cached train
     and val images (built on first use, at ``spec.image_size``). Each row logs what its signals cost
-    (seconds); what several settings share (the domain classifier and the proxy's pair model of one
-    hospital pair and label, a hospital's image features) is charged to the first of them."""
+    (seconds); what several settings share (the domain classifier and the proxy's pair models of one
+    hospital pair and label, a base hospital's single models of a label, a hospital's image features)
+    is charged to the first of them."""
     labels_of, images_of, domain, feats, fitted = {}, {}, {}, {}, {}
 
     def labelled(env, split, label):
