@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from cxrstudy.errors import DataError  # noqa: E402
-from cxrstudy.evaluate.signals import DOMAIN_SIGNAL, PROXY_SIGNAL, TABLE_SIGNALS  # noqa: E402
+from cxrstudy.evaluate.signals import DOMAIN_SIGNAL, NET_SIGNAL, PROXY_SIGNAL, TABLE_SIGNALS  # noqa: E402
 from cxrstudy.labels import label_key  # noqa: E402
 from cxrstudy.train.balancing import BALANCE_HOSPITAL_LABEL, BALANCE_NONE  # noqa: E402
 
@@ -38,7 +38,7 @@ DEFAULT_PREDICTOR = Path(__file__).with_name("advise_default.json")
 MIN_FIT_SETTINGS = 8
 POOL, POOL_BALANCED, KEEP_APART = "pool", "pool with hospital-label balancing", "keep apart"
 SETTING = ["base", "added", "label", "balance"]
-MODELS = ("advise", "always_helps", "prevalence_rule", "domain_only", "proxy_only")
+MODELS = ("advise", "always_helps", "prevalence_rule", "domain_only", "proxy_only", "net_only")
 
 
 def pair_of(frame: pd.DataFrame) -> list[str]:
@@ -95,7 +95,7 @@ def run_advise(signals: pd.DataFrame, history: pd.DataFrame | None, out_dir, *, 
     advice["p_hurt"] = predictor.p_hurt(X)
     advice["verdict"] = verdict(advice["p_hurt"])
     advice["recommendation"] = recommend(advice)
-    for col in TABLE_SIGNALS + ((DOMAIN_SIGNAL, PROXY_SIGNAL) if images else ()):
+    for col in TABLE_SIGNALS + ((DOMAIN_SIGNAL, PROXY_SIGNAL, NET_SIGNAL) if images else ()):
         advice[col] = signals[col].to_numpy()
     files["advice.csv"] = out / "advice.csv"
     advice.to_csv(files["advice.csv"], index=False)
@@ -178,8 +178,10 @@ def _figure(advice: pd.DataFrame, validation: pd.DataFrame | None, path: Path) -
 
 
 def report_lines(advice, coefs, fitted_on, images, scores, validation, metrics) -> list[str]:
+    read = ("label tables and images (domain classifier, linear and network study proxies)" if images
+            else "label tables only (no images)")
     lines = ["## Advise: the harm predicted before training", "",
-             f"Signals: {'label tables and images (domain classifier, study proxy)' if images else 'label tables only (no images)'}; "
+             f"Signals: {read}; "
              f"predictor fitted on {fitted_on}.", "",
              "| base | added | label | balance | P(hurt) | predicted change | verdict | recommendation |",
              "|---|---|---|---|---|---|---|---|"]

@@ -24,13 +24,14 @@ from cxrstudy.train.scoring import auroc_score
 
 #: the features the full predictor reads (derived from cxrstudy.evaluate.signals by :func:`features`)
 FEATURES = ("prevalence_gap", "abs_prevalence_gap", "log_size_ratio", "min_group_share", "domain_excess",
-            "domain_x_gap", "domain_x_abs_gap", "proxy_delta")
+            "domain_x_gap", "domain_x_abs_gap", "proxy_delta", "net_delta")
 #: what it reads when advise runs from the label tables alone (no images)
 TABLE_FEATURES = ("prevalence_gap", "abs_prevalence_gap", "log_size_ratio", "min_group_share")
 #: the domain-classifier baseline: the image signal alone
 DOMAIN_FEATURES = ("domain_excess",)
-#: the study proxy alone (not a baseline of the issue: it shows what the rest of the predictor adds)
+#: the study proxies alone (not baselines of the issue: they show what the rest of the predictor adds)
 PROXY_FEATURES = ("proxy_delta",)
+NET_FEATURES = ("net_delta",)
 #: the ridge penalty on standardised features
 ALPHA = 1.0
 #: P(delta < 0) from which the verdict is "hurts" (and at most 1 - this: "helps")
@@ -53,8 +54,9 @@ def features(signals: pd.DataFrame) -> pd.DataFrame:
         out["domain_excess"] = excess
         out["domain_x_gap"] = excess * gap
         out["domain_x_abs_gap"] = excess * gap.abs()
-    if "proxy_delta" in signals:
-        out["proxy_delta"] = signals["proxy_delta"].astype(float)
+    for proxy in ("proxy_delta", "net_delta"):
+        if proxy in signals:
+            out[proxy] = signals[proxy].astype(float)
     return out
 
 
@@ -185,7 +187,7 @@ def baselines(X: pd.DataFrame, delta, groups) -> dict[str, pd.DataFrame]:
     """The predictions of the baselines, as ``mu``/``p_hurt`` frames: *always helps*; the
     *prevalence rule* (hurts when the added hospital has the lower train prevalence); and, when the
     images were read, the *domain classifier alone* (the same ridge on the image signal only,
-    cross-validated the same way) and, for reference, the *study proxy alone* (likewise)."""
+    cross-validated the same way) and, for reference, each *study proxy alone* (likewise)."""
     gap = X["prevalence_gap"].to_numpy(float)
     out = {"always_helps": pd.DataFrame({"mu": np.full(len(X), 1.0), "p_hurt": np.zeros(len(X))}, index=X.index),
            "prevalence_rule": pd.DataFrame({"mu": np.where(gap < 0, -1.0, 1.0),
@@ -194,4 +196,6 @@ def baselines(X: pd.DataFrame, delta, groups) -> dict[str, pd.DataFrame]:
         out["domain_only"] = cross_validated(X, delta, groups, DOMAIN_FEATURES)
     if all(f in X for f in PROXY_FEATURES):
         out["proxy_only"] = cross_validated(X, delta, groups, PROXY_FEATURES)
+    if all(f in X for f in NET_FEATURES):
+        out["net_only"] = cross_validated(X, delta, groups, NET_FEATURES)
     return out

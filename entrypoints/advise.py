@@ -10,8 +10,9 @@ adding the hospital lowers worst-group accuracy, a verdict (hurts / no clear eff
 recommendation (pool, pool with hospital-label balancing, keep apart), from cheap signals: the label
 tables (prevalences, sizes, how strongly hospital and label are associated once pooled) and, unless
 ``source=metadata`` (label tables only), a domain classifier on cheap features of the train images
-(thumbnails, intensity, texture) and a proxy of the study (linear models on those features, scored on
-the val splits).
+(thumbnails, intensity, texture) and two proxies of the study, scored on the val splits: linear
+models on those features, and short runs of the study's small network (two per training arm, every
+label at once).
 The predictor is a ridge regression fitted on the finished studies of the experiment (``against``,
 default: the current experiment; a main run's id names its experiment), scored there by leave-one-hospital-pair-out cross-validation
 against the studies' seed-aware verdicts, next to three baselines; with no study to learn from it

@@ -17,10 +17,14 @@ from analysis.advise_model import (FEATURES, HELPS, HURTS, NO_CLEAR, TABLE_FEATU
                                    cross_validated, features, fit, measured_verdict, score, verdict)
 from cxrstudy.data.dataspec import DataSpec
 from cxrstudy.data.synthetic.config import SyntheticConfig
+from cxrstudy.evaluate import proxy_net
 from cxrstudy.evaluate import signals as signals_mod
+from cxrstudy.evaluate.proxy_net import NET_SEEDS, net_fit
 from cxrstudy.evaluate.signals import (PROXY_REPEATS, PROXY_SAMPLE, domain_auc, image_features, setting_signals,
                                      table_signals)
+from cxrstudy.labels import LABELS
 from cxrstudy.tracking import keys
+from cxrstudy.train.scoring import auroc_score
 
 
 # --- signals -----------------------------------------------------------------------------------------
@@ -73,7 +77,8 @@ def test_setting_signals_on_the_synthetic_hospitals_see_the_shortcut_knob(tmp_pa
     assert rows[1.0]["prevalence_gap"] == rows[0.0]["prevalence_gap"]  # same patients and labels
 
 
-def test_the_study_proxy_does_not_depend_on_which_settings_are_asked_or_in_what_order(tmp_path):
+def test_the_study_proxy_does_not_depend_on_which_settings_are_asked_or_in_what_order(tmp_path, monkeypatch):
+    monkeypatch.setattr(proxy_net, "NET_STEPS", 20)  # the networks' plumbing, not how well they learn
     # each hospital's train samples (one per repeat) are its own, so advising on a subset of a study's
     # settings, or in another order, gives each setting the proxy value it gets in the whole study
     spec = DataSpec(source="synthetic", image_size=16, cache_dir=str(tmp_path),
@@ -85,6 +90,10 @@ def test_the_study_proxy_does_not_depend_on_which_settings_are_asked_or_in_what_
     for key in part.index:
         assert part.loc[key, "proxy_delta"] == whole.loc[key, "proxy_delta"]
         assert part.loc[key, "domain_auc"] == whole.loc[key, "domain_auc"]
+        # the network proxy's head covers every label, so asking for another label changes nothing
+        assert part.loc[key, "net_delta"] == whole.loc[key, "net_delta"]
+    other = setting_signals(spec, [settings[0], ("cxp", "nih", "Effusion", "none")], progress=False)
+    assert other["net_delta"].iloc[0] == whole.loc[("cxp", "nih"), "net_delta"]
 
 
 def test_image_features_see_the_texture_a_thumbnail_averages_away():
@@ -113,6 +122,60 @@ def test_the_study_proxy_fits_each_arm_model_once_whatever_it_is_scored_on(tmp_p
     assert sig["proxy_delta"].notna().all()
 
 
+def test_the_network_proxy_fits_one_network_per_arm_for_every_label(tmp_path, monkeypatch):
+    # NET_SEEDS multi-label networks per training arm (3 single hospitals, 3 pairs), whatever the labels
+    monkeypatch.setattr(proxy_net, "NET_STEPS", 20)  # what is fitted, not how well
+    spec = DataSpec(source="synthetic", image_size=16, cache_dir=str(tmp_path),
+                    synthetic=SyntheticConfig(n_patients=300, shortcut_strength=1.0))
+    fits = []
+    real_fit = signals_mod.net_fit
+    monkeypatch.setattr(signals_mod, "net_fit",
+                        lambda train, balance, **kw: fits.append(len(train)) or real_fit(train, balance, **kw))
+    envs = ("cxp", "nih", "pad")
+    settings = [(b, a, lab, "none") for b in envs for a in envs if a != b for lab in ("Any", "Effusion")]
+    sig = setting_signals(spec, settings, progress=False)
+    assert sorted(fits) == [1] * (3 * NET_SEEDS) + [2] * (3 * NET_SEEDS)
+    assert sig["net_delta"].notna().all() and sig["net_delta"].abs().max() <= 1
+    assert sig.groupby("label")["net_delta"].nunique().min() > 1  # each label reads its own output
+
+
+def _patterned(n, rng, size=16):
+    """Images whose first label shows as a bright square and second as a dark stripe; 9 label columns."""
+    y = np.zeros((n, len(LABELS)), dtype=np.int64)
+    y[:, :2] = rng.random((n, 2)) < 0.4
+    x = rng.normal(120, 20, size=(n, size, size))
+    x[y[:, 0] == 1, 2:7, 2:7] += 60
+    x[y[:, 1] == 1, 10:12, :] -= 60
+    return np.clip(x, 0, 255).astype(np.uint8), y
+
+
+def test_the_network_proxy_learns_each_label_from_the_pixels_and_is_reproducible():
+    rng = np.random.default_rng(0)
+    a, b = _patterned(600, rng), _patterned(400, rng)
+    val_x, val_y = _patterned(300, rng)
+    model = net_fit([a, b], "none", steps=60)
+    scores = model(val_x)
+    assert scores.shape == (300, len(LABELS)) and ((scores >= 0) & (scores <= 1)).all()
+    assert auroc_score(val_y[:, 0], scores[:, 0]) > 0.9 and auroc_score(val_y[:, 1], scores[:, 1]) > 0.9
+    assert np.array_equal(net_fit([a, b], "none", steps=60)(val_x), scores)  # same data, same seed
+
+
+def test_the_network_proxy_balances_labels_as_undersampling_would():
+    # under hospital-label balancing each hospital's negatives of a label are down-weighted so that its
+    # weighted prevalence is the arm's highest, label by label; without balancing every weight is 1
+    rng = np.random.default_rng(0)
+    ys = [(rng.random((2000, 3)) < [0.1, 0.5, 0.3]).astype(np.int64),
+          (rng.random((1000, 3)) < [0.4, 0.2, 0.3]).astype(np.int64)]
+    plain = proxy_net._label_weights(ys, "none")
+    assert all((w == 1).all() for w in plain)
+    ws = proxy_net._label_weights(ys, "hospital_label")
+    for j in range(3):
+        top = max(y[:, j].mean() for y in ys)
+        for y, w in zip(ys, ws):
+            assert (w[y[:, j] == 1, j] == 1).all()
+            assert (w[:, j] * y[:, j]).sum() / w[:, j].sum() == pytest.approx(top)
+
+
 def test_advise_learns_only_from_comparisons_whose_models_learned_and_converged():
     from analysis.advise_study import sound
     t = pd.DataFrame({"n_constant_models": [0, 1, 0, np.nan], "n_unconverged_models": [0, 0, 2, np.nan]})
@@ -126,6 +189,7 @@ def _grid(seed=0, n_pairs=6, noise=0.01):
     """Fabricated studied settings: adding a hospital hurts in proportion to how readable the
     hospital is times how much the prevalences differ (the paper's mechanism), else helps a little."""
     rng = np.random.default_rng(seed)
+    net_noise = np.random.default_rng(seed + 1000)  # its own stream: the other signals stay as they were
     rows = []
     for k in range(n_pairs):
         for label in ("A", "B"):
@@ -137,6 +201,7 @@ def _grid(seed=0, n_pairs=6, noise=0.01):
                 rows.append({"base": base, "added": added, "label": label, "balance": "none",
                              "prevalence_gap": gap, "log_size_ratio": 0.0, "min_group_share": 0.5 * min(pa, pb),
                              "domain_auc": dom, "proxy_delta": 0.5 * delta + rng.normal(0, 0.1),
+                             "net_delta": 0.8 * delta + net_noise.normal(0, 0.1),
                              "delta_mean": delta, "delta_ci_low": delta - 0.03,
                              "delta_ci_high": delta + 0.03})
     return pd.DataFrame(rows)
@@ -171,7 +236,7 @@ def test_verdicts_scores_baselines_and_confusion():
     assert np.isnan(score([HELPS, NO_CLEAR], [0.1, 0.1], [0.1, 0.2], [0.1, 0.0])["hurt_auroc"])
     h = _grid(n_pairs=3)
     b = baselines(features(h), h["delta_mean"], advise_mod.pair_of(h))
-    assert set(b) == {"always_helps", "prevalence_rule", "domain_only", "proxy_only"}
+    assert set(b) == {"always_helps", "prevalence_rule", "domain_only", "proxy_only", "net_only"}
     assert (b["prevalence_rule"]["p_hurt"] == (h["prevalence_gap"] < 0)).all()
     assert (b["always_helps"]["mu"] > 0).all()
     c = confusion([HURTS, HURTS, HELPS], [HURTS, NO_CLEAR, HELPS])

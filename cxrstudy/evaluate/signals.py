@@ -1,7 +1,7 @@
 """The cheap signals `advise` predicts a setting's harm from, before any model is trained
 (docs/PROTOCOL.md "Advise: predicting the harm before training").
 
-A setting is (base hospital, added hospital, label, balance mode). Two kinds of signal:
+A setting is (base hospital, added hospital, label, balance mode). Its signals:
 
 - From the label tables alone (milliseconds): the two hospitals' train prevalences and sizes as the
   training would see them (after the configured balancing), and how strongly hospital and label are
@@ -24,8 +24,12 @@ A setting is (base hospital, added hospital, label, balance mode). Two kinds of 
   averaged over ``PROXY_REPEATS`` random train samples (one WGA on small val groups is noisy; the
   study averages its seeds for the same reason). Each model is fitted once per train sample and
   scored on whichever val splits a setting needs.
+- A network proxy of the study (seconds per training arm): the same comparison with short runs of
+  the study's own network, every label at once (:mod:`cxrstudy.evaluate.proxy_net`):
+  ``net_delta`` = WGA(pair) - WGA(single), thresholded and scored as the linear proxy is, averaged
+  over the arm's networks.
 
-Everything here is NumPy/scikit-learn on label arrays and image arrays; no MLflow, no model.
+Label arrays, image arrays, scikit-learn and the proxy's small networks; no MLflow, no stored model.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from cxrstudy.evaluate.proxy_net import NET_SEEDS, net_fit
+from cxrstudy.labels import LABELS
 from cxrstudy.train.balancing import BALANCE_HOSPITAL_LABEL, prevalence, undersample_negatives_to
 from cxrstudy.train.scoring import group_accuracy, predict, select_threshold, worst_group
 
@@ -200,8 +206,10 @@ def proxy_wga(scores: dict, val: dict, n_own: int) -> float:
     return worst_group(groups)[0]
 
 
+#: the network proxy's signal (:mod:`cxrstudy.evaluate.proxy_net`; absent without images)
+NET_SIGNAL = "net_delta"
 #: the columns of a settings' signal table, after the setting's own
-SIGNAL_COLUMNS = TABLE_SIGNALS + (DOMAIN_SIGNAL, PROXY_SIGNAL, "table_seconds", "image_seconds")
+SIGNAL_COLUMNS = TABLE_SIGNALS + (DOMAIN_SIGNAL, PROXY_SIGNAL, NET_SIGNAL, "table_seconds", "image_seconds")
 
 
 def _sample(n: int, env: str, repeat: int, seed: int) -> np.ndarray:
@@ -216,12 +224,12 @@ def _sample(n: int, env: str, repeat: int, seed: int) -> np.ndarray:
 def setting_signals(spec, settings, *, images: bool = True, seed: int = 0, progress: bool = True):
     """The signals of each setting ``(base, added, label, balance)`` of the hospitals in ``spec``
     (a ``DataSpec``): one row per setting with :data:`SIGNAL_COLUMNS`. Table signals read the train
-    split's labels; with ``images``, the domain classifier and the study proxy read the cached train
+    split's labels; with ``images``, the domain classifier and both study proxies read the cached train
     and val images (built on first use, at ``spec.image_size``). Each row logs what its signals cost
     (seconds); what several settings share (the domain classifier and the proxy's pair models of one
-    hospital pair and label, a base hospital's single models of a label, a hospital's image features)
-    is charged to the first of them."""
-    labels_of, images_of, domain, feats, fitted = {}, {}, {}, {}, {}
+    hospital pair and label, a base hospital's single models of a label, a hospital's image features,
+    the network proxy's networks of an arm, which serve every label) is charged to the first of them."""
+    labels_of, images_of, domain, feats, fitted, nets, pixels = {}, {}, {}, {}, {}, {}, {}
 
     def labelled(env, split, label):
         """(image features, labels) of every image of the split."""
@@ -252,6 +260,33 @@ def setting_signals(spec, settings, *, images: bool = True, seed: int = 0, progr
         return float(np.mean([proxy_wga(scores(trained_on, label, balance, repeat, scored_on), val, len(trained_on))
                               for repeat in range(PROXY_REPEATS)]))
 
+    def raw(env, split):
+        """(uint8 images, labels of every label in LABELS) of every image of the split."""
+        if (env, split) not in pixels:
+            entry = spec.entry(env, split, progress=False)
+            pixels[(env, split)] = (np.ascontiguousarray(entry.images()[entry.index["slot"].to_numpy()]),
+                                    entry.index[list(LABELS)].to_numpy().astype(np.int64))
+        return pixels[(env, split)]
+
+    def net(trained_on, scored_on, label, balance):
+        """The network proxy's WGA on the val images of ``scored_on`` (the hospitals ``trained_on``
+        first), averaged over the arm's NET_SEEDS networks (each fitted once per arm and balance,
+        every label at once)."""
+        j = LABELS.index(label)
+        val = {env: (None, raw(env, "val")[1][:, j]) for env in scored_on}
+        wgas = []
+        for repeat in range(NET_SEEDS):
+            key = (trained_on, balance, repeat)
+            if key not in nets:
+                nets[key] = (net_fit([raw(env, "train") for env in trained_on], balance,
+                                     seed=seed * NET_SEEDS + repeat), {})
+            model, done = nets[key]
+            for env in scored_on:
+                if env not in done:
+                    done[env] = model(raw(env, "val")[0])
+            wgas.append(proxy_wga({env: done[env][:, j] for env in scored_on}, val, len(trained_on)))
+        return float(np.mean(wgas))
+
     rows = []
     for base, added, label, balance in tqdm(list(settings), desc="signals", unit="setting", disable=not progress):
         t0 = time.perf_counter()
@@ -278,6 +313,7 @@ def setting_signals(spec, settings, *, images: bool = True, seed: int = 0, progr
             row[DOMAIN_SIGNAL] = domain[pair]
             both = tuple(sorted((base, added)))  # the pair's model serves both directions of the pair
             row[PROXY_SIGNAL] = proxy(both, both, label, balance) - proxy((base,), (base, added), label, balance)
+            row[NET_SIGNAL] = net(both, both, label, balance) - net((base,), (base, added), label, balance)
             row["image_seconds"] = time.perf_counter() - t1
         rows.append(row)
     return pd.DataFrame(rows)
