@@ -3,8 +3,8 @@
 The linear proxy (:mod:`cxrstudy.evaluate.signals`) reads fixed image features, so it cannot see
 what a network learns to read off the pixels, and at moderate shortcut strengths that is where it
 missed (the network leans on the hospital's look, the linear model does not). This proxy is the
-study in miniature: short runs of the study's own small network (``stridecnn``, at the study's
-image size), :data:`NET_SEEDS` per training arm (one hospital, or two), each with one output per
+study in miniature: short runs of the study's own small network (``stridecnn``, at the image size
+advise reads), :data:`NET_SEEDS` per training arm (one hospital, or two), each with one output per
 label of :data:`cxrstudy.labels.LABELS` in place of one network per label and seed, a fixed
 :data:`NET_STEPS` in place of early stopping, and no augmentation. Each draws equal-share batches
 (each hospital half of a pair's batch, as the study's training does) and, under hospital-label
