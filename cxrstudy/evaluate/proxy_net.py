@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cxrstudy.labels import LABELS
-from cxrstudy.train.balancing import BALANCE_HOSPITAL_LABEL, prevalence
+from cxrstudy.train.balancing import BALANCE_HOSPITAL_LABEL, negative_weight, prevalence
 from cxrstudy.train.device import place_model, prepare_input, reproducible
 from cxrstudy.train.models import StrideCNN
 
@@ -58,9 +58,7 @@ def _label_weights(ys: list[np.ndarray], balance: str) -> list[np.ndarray]:
     for j in range(ys[0].shape[1]):
         t = max(prevalence(y[:, j]) for y in ys)
         for y, w in zip(ys, out):
-            p = prevalence(y[:, j])
-            if 0 < p < 1 and 0 < t < 1:
-                w[y[:, j] == 0, j] = p * (1 - t) / (t * (1 - p))
+            w[y[:, j] == 0, j] = negative_weight(prevalence(y[:, j]), t)
     return out
 
 
@@ -107,7 +105,8 @@ def net_fit(train: list[tuple[np.ndarray, np.ndarray]], balance: str, *, seed: i
         out = []
         with reproducible(_CPU), torch.no_grad():
             for i in range(0, len(images), _SCORE_BATCH):
-                x = prepare_input(torch.from_numpy(np.ascontiguousarray(images[i:i + _SCORE_BATCH])[:, None]), _CPU)
+                chunk = np.ascontiguousarray(images[i:i + _SCORE_BATCH])
+                x = prepare_input(torch.from_numpy(chunk[:, None]), _CPU)
                 out.append(torch.sigmoid(model(x)).numpy())
         return np.concatenate(out) if out else np.zeros((0, len(LABELS)), dtype=np.float32)
 

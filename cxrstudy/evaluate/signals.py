@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from cxrstudy.evaluate.proxy_net import NET_SEEDS, net_fit
 from cxrstudy.labels import LABELS
-from cxrstudy.train.balancing import BALANCE_HOSPITAL_LABEL, prevalence, undersample_negatives_to
+from cxrstudy.train.balancing import BALANCE_HOSPITAL_LABEL, negative_weight, prevalence, undersample_negatives_to
 from cxrstudy.train.scoring import group_accuracy, predict, select_threshold, worst_group
 
 #: the table signals, in the order advice.csv lists them
@@ -169,8 +169,8 @@ def _arm_weights(ys: list[np.ndarray], balance: str) -> np.ndarray:
     for y in ys:
         p = prevalence(y)
         w = np.ones(len(y))
-        if balance == BALANCE_HOSPITAL_LABEL and 0 < p < 1 and 0 < t < 1:
-            w[y == 0] = p * (1 - t) / (t * (1 - p))
+        if balance == BALANCE_HOSPITAL_LABEL:
+            w[y == 0] = negative_weight(p, t)
         out.append(w / w.sum())
     return np.concatenate(out)
 

@@ -51,6 +51,13 @@ def prevalence(y: np.ndarray) -> float:
     return float(np.mean(y)) if len(y) else float("nan")
 
 
+def negative_weight(p: float, target: float) -> float:
+    """The weight of a negative, relative to a positive, that takes a hospital of prevalence ``p`` to
+    the prevalence ``target``, as undersampling its negatives would in expectation:
+    ``p(1-t) / (t(1-p))``; 1 when either prevalence is 0 or 1."""
+    return p * (1 - target) / (target * (1 - p)) if 0 < p < 1 and 0 < target < 1 else 1.0
+
+
 def _undersample(y: np.ndarray, counts: dict[int, int], seed: int) -> np.ndarray:
     """Indices (sorted) of a subsample of ``y`` with the given count per class, no replacement."""
     counts = {c: n for c, n in counts.items() if (y == c).any()}
