@@ -41,6 +41,7 @@ from cxrstudy.errors import DataError
 from cxrstudy.tracking import keys
 from cxrstudy.tracking.pyfunc_model import (CONFIG_FILE, CONFIG_KEY, WEIGHTS_FILE, WEIGHTS_KEY, load_classifier,
                                             model_config, read_config)
+from cxrstudy.tracking.races import RACE_TRIES, retry_lost_race
 
 MODEL_CODE = Path(__file__).with_name("model_code.py")
 BEST_ALIAS = "best"
@@ -153,7 +154,7 @@ def log_and_register(model: torch.nn.Module, name: str, *, image_size: int, thre
     client = MlflowClient()
     client.update_model_version(name, str(version), description=version_description(tags))
     if tags.get("seed", "").isdigit():
-        client.set_registered_model_alias(name, seed_alias(int(tags["seed"])), str(version))
+        set_alias(name, seed_alias(int(tags["seed"])), version)
     update_best_alias(name)
     latest = client.get_model_version_by_alias(name, "latest")
     aliases = sorted(client.get_model_version(name, str(version)).aliases, key=lambda a: (a != BEST_ALIAS, a))
@@ -187,12 +188,30 @@ def drop_local_paths(model_id: str, local_dir: str) -> None:
             client.log_model_artifact(model_id, str(local))
 
 
+def set_alias(name: str, alias: str, version: int) -> None:
+    """Point ``alias`` of ``name`` at ``version``; a first setting that loses the race with another
+    process setting the same alias (parallel workers) is done again (:mod:`cxrstudy.tracking.races`)."""
+    retry_lost_race(lambda: MlflowClient().set_registered_model_alias(name, alias, str(version)))
+
+
 def update_best_alias(name: str) -> int | None:
     """Point ``best`` at the version of ``name`` with the highest validation WGA (ties: the earliest,
-    so the alias moves only for a strictly better model); returns that version."""
-    best = best_version(MlflowClient().search_model_versions(f"name = '{name}'"))
-    if best is not None:
-        MlflowClient().set_registered_model_alias(name, BEST_ALIAS, str(best))
+    so the alias moves only for a strictly better model); returns that version.
+
+    Parallel workers register versions of one name at once, and a worker may set ``best`` from a
+    list of versions that another's registration has just made stale. So each looks again after
+    setting it, and sets it again until the alias and the versions agree: the last to write also
+    checks last, and the alias ends on the best of all versions."""
+    client = MlflowClient()
+    best = None
+    for _ in range(RACE_TRIES):
+        best = best_version(client.search_model_versions(f"name = '{name}'"))
+        if best is None:
+            return None
+        set_alias(name, BEST_ALIAS, best)
+        if (best_version(client.search_model_versions(f"name = '{name}'")) == best
+                and int((client.get_registered_model(name).aliases or {}).get(BEST_ALIAS, -1)) == best):
+            return best
     return best
 
 
@@ -231,11 +250,11 @@ def restore_version_metadata(name: str, version: int) -> list[str]:
         newest = max(int(v.version) for v in versions
                      if (v.tags.get("seed") == seed and v.status == "READY") or int(v.version) == int(version))
         if held.get(seed_alias(int(seed))) != newest:
-            client.set_registered_model_alias(name, seed_alias(int(seed)), str(newest))
+            set_alias(name, seed_alias(int(seed)), newest)
             fixed.append(seed_alias(int(seed)))
     best = best_version(versions)
     if best is not None and held.get(BEST_ALIAS) != best:
-        client.set_registered_model_alias(name, BEST_ALIAS, str(best))
+        set_alias(name, BEST_ALIAS, best)
         fixed.append(BEST_ALIAS)
     return fixed
 

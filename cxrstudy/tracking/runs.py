@@ -15,6 +15,7 @@ import mlflow
 
 from cxrstudy.errors import DataError
 from cxrstudy.tracking import keys
+from cxrstudy.tracking.races import retry_lost_race
 
 SYNTHETIC_BANNER = (
     "*** SYNTHETIC DATA: these hospitals are procedurally rendered by cxrstudy; "
@@ -234,13 +235,9 @@ def log_dataset_input(entry, context: str) -> None:
         warnings.simplefilter("ignore", UserWarning)
         ds = mlflow.data.from_pandas(meta, source=entry.place, digest=entry.key,
                                      name=f"{entry.manifest['env']}-{entry.manifest['split']}-{entry.size}px")
-        try:
-            mlflow.log_input(ds, context=context)
-        except mlflow.exceptions.MlflowException:
-            # the store keeps one dataset per (experiment, name, digest): when another process logged the
-            # same one at the same moment (two studies started together), the insert lost; now it exists
-            time.sleep(0.5)
-            mlflow.log_input(ds, context=context)
+        # the store keeps one dataset per (experiment, name, digest): when another process logs the same one
+        # at the same moment (parallel workers, two studies started together), the later insert loses
+        retry_lost_race(lambda: mlflow.log_input(ds, context=context))
 
 
 def log_batch(client, run_id: str, metrics: dict, tags: dict, *, timestamp_ms: int, step: int) -> None:
@@ -253,8 +250,6 @@ def log_batch(client, run_id: str, metrics: dict, tags: dict, *, timestamp_ms: i
 
 def log_metrics_to(run_id: str, metrics: dict) -> None:
     """Log metrics to a run that need not be the active one (e.g. a finished comparison)."""
-    import time
-
     from mlflow.tracking import MlflowClient
 
     log_batch(MlflowClient(), run_id, metrics, {}, timestamp_ms=int(time.time() * 1000), step=0)
