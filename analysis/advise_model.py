@@ -42,7 +42,7 @@ VERDICTS = (HURTS, NO_CLEAR, HELPS)
 
 def features(signals: pd.DataFrame) -> pd.DataFrame:
     """The predictor's features from signal columns (``prevalence_gap``, ``log_size_ratio``,
-    ``min_group_share`` and, when the images were read, ``domain_auc`` and ``proxy_delta``)."""
+    ``min_group_share`` and, when the images were read, ``domain_auc``, ``proxy_delta`` and ``net_delta``)."""
     out = pd.DataFrame(index=signals.index)
     gap = signals["prevalence_gap"].astype(float)
     out["prevalence_gap"] = gap
@@ -54,7 +54,7 @@ def features(signals: pd.DataFrame) -> pd.DataFrame:
         out["domain_excess"] = excess
         out["domain_x_gap"] = excess * gap
         out["domain_x_abs_gap"] = excess * gap.abs()
-    for proxy in ("proxy_delta", "net_delta"):
+    for proxy in PROXY_FEATURES + NET_FEATURES:
         if proxy in signals:
             out[proxy] = signals[proxy].astype(float)
     return out

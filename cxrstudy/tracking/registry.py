@@ -203,15 +203,15 @@ def update_best_alias(name: str) -> int | None:
     setting it, and sets it again until the alias and the versions agree: the last to write also
     checks last, and the alias ends on the best of all versions."""
     client = MlflowClient()
-    best = None
+    best = best_version(client.search_model_versions(f"name = '{name}'"))
     for _ in range(RACE_TRIES):
-        best = best_version(client.search_model_versions(f"name = '{name}'"))
         if best is None:
             return None
         set_alias(name, BEST_ALIAS, best)
-        if (best_version(client.search_model_versions(f"name = '{name}'")) == best
-                and int((client.get_registered_model(name).aliases or {}).get(BEST_ALIAS, -1)) == best):
+        now = best_version(client.search_model_versions(f"name = '{name}'"))
+        if now == best and int((client.get_registered_model(name).aliases or {}).get(BEST_ALIAS, -1)) == best:
             return best
+        best = now
     return best
 
 
@@ -254,7 +254,7 @@ def restore_version_metadata(name: str, version: int) -> list[str]:
             fixed.append(seed_alias(int(seed)))
     best = best_version(versions)
     if best is not None and held.get(BEST_ALIAS) != best:
-        set_alias(name, BEST_ALIAS, best)
+        update_best_alias(name)
         fixed.append(BEST_ALIAS)
     return fixed
 
